@@ -1,0 +1,86 @@
+"""Pieces shared by the kernels: step-size checks, Crank–Nicolson coefficients, the MH step.
+
+Nothing here is specific to one algorithm. The accept/reject step treats a non-finite log
+acceptance ratio, or a proposal whose log-density or gradient is NaN/inf, as a rejection, so a
+chain never moves to a non-finite state whatever the user's log-density does there.
+"""
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from blackjax.types import Array, ArrayLikeTree, PRNGKey
+
+from psijax._tree import accumulation_dtype, tree_all_finite
+
+__all__ = [
+    "AcceptStats",
+    "check_step_size",
+    "crank_nicolson_coefficients",
+    "is_valid",
+    "metropolis_step",
+]
+
+
+def check_step_size(step_size, name: str = "step_size") -> None:
+    """Raise a clear error for a step size that is not a finite number > 0.
+
+    The check runs whenever the value is concrete (a Python number, a NumPy or a committed JAX
+    array, also when closed over inside ``jit``). A traced step size, e.g. one that is an
+    argument of a jitted function or adapted inside a loop, cannot be checked here; an invalid
+    traced value makes every proposal non-finite, and those are rejected.
+    """
+    try:
+        value = np.asarray(step_size)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return
+    if value.dtype == object or not (
+        np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)
+    ):
+        raise TypeError(f"`{name}` must be a real number, got {type(step_size).__name__}.")
+    if not (np.all(np.isfinite(value)) and np.all(value > 0)):
+        raise ValueError(f"`{name}` must be finite and > 0, got {step_size!r}.")
+
+
+def crank_nicolson_coefficients(step_size) -> tuple[Array, Array]:
+    """``ρ = (1 − h/4)/(1 + h/4)`` and ``β = √(1 − ρ²) = 4√h/(4 + h)``.
+
+    ``β`` is written in the second form, which has no cancellation for small or large ``h``.
+    """
+    h = jnp.asarray(step_size, accumulation_dtype(step_size))
+    rho = (4.0 - h) / (4.0 + h)
+    beta = 4.0 * jnp.sqrt(h) / (4.0 + h)
+    return rho, beta
+
+
+class AcceptStats(NamedTuple):
+    acceptance_rate: Array
+    is_accepted: Array
+
+
+def metropolis_step(
+    rng_key: PRNGKey,
+    log_ratio: Array,
+    state: ArrayLikeTree,
+    proposal: ArrayLikeTree,
+    proposal_is_valid: Array,
+) -> tuple[ArrayLikeTree, AcceptStats]:
+    """Accept ``proposal`` with probability ``min(1, exp(log_ratio))``.
+
+    ``log_ratio`` is sanitised first: NaN, or an invalid proposal (non-finite log-density or
+    gradient), count as ``−inf`` — a certain rejection, reported as acceptance rate 0.
+    """
+    log_ratio = jnp.where(proposal_is_valid & ~jnp.isnan(log_ratio), log_ratio, -jnp.inf)
+    acceptance_rate = jnp.minimum(1.0, jnp.exp(log_ratio))
+    is_accepted = jnp.log(jax.random.uniform(rng_key, dtype=log_ratio.dtype)) < log_ratio
+    new_state = jax.tree.map(lambda old, new: jnp.where(is_accepted, new, old), state, proposal)
+    return new_state, AcceptStats(acceptance_rate, is_accepted)
+
+
+def is_valid(logdensity: Array, *trees: ArrayLikeTree) -> Array:
+    """A proposal is valid when its log-density is finite and every given pytree is finite."""
+    valid = jnp.isfinite(logdensity)
+    for tree in trees:
+        valid = valid & tree_all_finite(tree)
+    return valid
