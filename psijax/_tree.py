@@ -4,6 +4,7 @@ Positions of every sampler in psijax are arbitrary pytrees of arrays. The few re
 kernels need (inner products, squared norms, finiteness) are collected here so that each kernel
 reads as its equations. Reductions accumulate in at least float32, whatever the leaf dtype.
 """
+import functools
 import operator
 
 import jax
@@ -11,7 +12,14 @@ import jax.numpy as jnp
 
 from blackjax.types import Array, ArrayLikeTree, ArrayTree, PRNGKey
 
-__all__ = ["accumulation_dtype", "tree_vdot", "tree_sq_norm", "tree_all_finite", "tree_normal"]
+__all__ = [
+    "accumulation_dtype",
+    "tree_all_finite",
+    "tree_normal",
+    "tree_sq_norm",
+    "tree_sum",
+    "tree_vdot",
+]
 
 
 def accumulation_dtype(*values) -> jnp.dtype:
@@ -22,6 +30,12 @@ def accumulation_dtype(*values) -> jnp.dtype:
 def _leaf_vdot(x: Array, y: Array) -> Array:
     dtype = accumulation_dtype(x, y)
     return jnp.sum(jnp.asarray(x, dtype) * jnp.asarray(y, dtype))
+
+
+def tree_sum(tree: ArrayLikeTree) -> Array:
+    """Sum of every element of every leaf, accumulated in at least float32."""
+    sums = [jnp.sum(leaf, dtype=accumulation_dtype(leaf)) for leaf in jax.tree.leaves(tree)]
+    return functools.reduce(operator.add, sums)
 
 
 def tree_vdot(a: ArrayLikeTree, b: ArrayLikeTree) -> Array:
@@ -43,7 +57,7 @@ def tree_all_finite(tree: ArrayLikeTree) -> Array:
 def tree_normal(rng_key: PRNGKey, like: ArrayLikeTree) -> ArrayTree:
     """Standard normal noise with the structure, shapes and dtypes of ``like``."""
     leaves, treedef = jax.tree.flatten(like)
-    keys = jax.random.split(rng_key, len(leaves))
+    keys = jax.random.split(rng_key, len(leaves)) if len(leaves) > 1 else [rng_key]
     noise = [
         jax.random.normal(key, jnp.shape(leaf), jnp.asarray(leaf).dtype)
         for key, leaf in zip(keys, leaves)

@@ -3,7 +3,8 @@
 pCN samples ``π(x) ∝ N(x; 0, I)·exp(Φ(x))`` without gradients. Its autoregressive proposal
 leaves the reference ``N(0, I)`` invariant, so the acceptance ratio involves ``Φ`` alone and does
 not degenerate with the dimension. The kernel takes the **full** log-density ``log π``;
-``Φ(x) = log π(x) + ½‖x‖²``. Drop-in with BlackJAX's SMC and utilities, like :mod:`psijax.mcmc.pcnl`.
+``Φ(x) = log π(x) + ½‖x‖²``. Drop-in with BlackJAX's SMC and utilities, like
+:mod:`psijax.mcmc.pcnl`.
 """
 from typing import Callable, NamedTuple
 

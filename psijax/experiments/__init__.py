@@ -1,0 +1,1 @@
+"""Small, reproducible studies shared by the ``psijax`` CLI and the scripts in ``benchmarks/``."""
