@@ -48,8 +48,9 @@ def _logit_quarter(h):
     return jnp.log(h) - jnp.log(4.0 - h)
 
 
-def _from_logit_quarter(u):
-    return 4.0 * jax.nn.sigmoid(u)
+def _from_logit_quarter(u, low, high):
+    # The clip keeps float32 rounding of 4·sigmoid(u) from leaving [low, high] ⊂ (0, 4).
+    return jnp.clip(4.0 * jax.nn.sigmoid(u), np.float32(low), np.float32(high))
 
 
 def step_size_adaptation(
@@ -107,9 +108,10 @@ def step_size_adaptation(
             f"`target_acceptance_rate` must lie in (0, 1), got {target_acceptance_rate!r}."
         )
     low, high = (float(b) for b in step_size_bounds)
-    if not 0.0 < low < high < 4.0:
+    if not 0.0 < np.float32(low) < np.float32(high) < np.float32(4.0):  # distinct in float32
         raise ValueError(
-            f"`step_size_bounds` must satisfy 0 < low < high < 4, got {step_size_bounds!r}."
+            f"`step_size_bounds` must satisfy 0 < low < high < 4 (in float32), "
+            f"got {step_size_bounds!r}."
         )
     check_step_size(initial_step_size, "initial_step_size")
     if not low <= float(initial_step_size) <= high:
@@ -150,7 +152,7 @@ def step_size_adaptation(
         def one_step(carry, rng_key):
             states, da_state = carry
             u = jnp.clip(da_state.log_x, u_low, u_high)
-            step_size = _from_logit_quarter(u)
+            step_size = _from_logit_quarter(u, low, high)
             keys = jax.random.split(rng_key, num_chains)
             step_in_axes = 0 if per_chain else None
             states, info = jax.vmap(chain_step, in_axes=(0, 0, step_in_axes))(
@@ -163,7 +165,7 @@ def step_size_adaptation(
 
         keys = jax.random.split(rng_key, num_steps)
         (states, da_state), trace = jax.lax.scan(one_step, (states, da_state), keys)
-        step_size = _from_logit_quarter(jnp.clip(da_state.log_x_avg, u_low, u_high))
+        step_size = _from_logit_quarter(da_state.log_x_avg, low, high)
         return AdaptationResults(states, {"step_size": step_size}), trace
 
     return AdaptationAlgorithm(run)
