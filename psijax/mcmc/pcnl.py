@@ -19,7 +19,13 @@ import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm, build_sampling_algorithm
 from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 
-from psijax._tree import accumulation_dtype, tree_normal, tree_sq_norm, tree_sum
+from psijax._tree import (
+    accumulation_dtype,
+    tree_all_finite,
+    tree_normal,
+    tree_sq_norm,
+    tree_sum,
+)
 from psijax.mcmc.metropolis import check_step_size, crank_nicolson_coefficients, metropolis_step
 
 __all__ = [
@@ -134,9 +140,9 @@ def build_kernel(drift_fn: Callable | None = None) -> Callable:
 
         # log A = J(x', x) − J(x, x') = log π(x') − log π(x) + Σ_i e_i: every term but the
         # log-densities is a sum over coordinates, so it is taken as ONE fused reduction.
-        # ½(‖x'‖² − ‖x‖²) is written ½(x' − x)(x' + x) (no cancellation between large norms);
-        # the 0·(x' + G') term makes the sum NaN when x' or G(x') holds NaN/inf, which
-        # screens the proposal in the same pass.
+        # ½(‖x'‖² − ‖x‖²) is written ½(x' − x)(x' + x) (no cancellation between large norms).
+        # A NaN/inf coordinate of x' or G(x') makes its term (x'−x)(x'+x) or −G'² non-finite,
+        # so the finiteness of the sum screens the proposal in the same pass.
         def coordinate_terms(xi, xn, fi, gi, gn):
             dtype = accumulation_dtype(xi, gi, rho)
             xi, xn, fi, gi, gn = (jnp.asarray(v, dtype) for v in (xi, xn, fi, gi, gn))
@@ -145,7 +151,6 @@ def build_kernel(drift_fn: Callable | None = None) -> Callable:
                 0.5 * (xn - xi) * (xn + xi)
                 - 0.125 * h * (gn * gn - gi * gi)
                 + half_sqrt_h * (backward * gn - fi * gi)
-                + 0.0 * (xn + gn)
             )
 
         terms = jax.tree.map(coordinate_terms, x, new_position, forward, g, g_new)
@@ -155,6 +160,8 @@ def build_kernel(drift_fn: Callable | None = None) -> Callable:
             proposal.logdensity.astype(dtype) - state.logdensity.astype(dtype) + coordinate_sum
         )
         valid = jnp.isfinite(proposal.logdensity) & jnp.isfinite(coordinate_sum)
+        if drift_fn is not None:  # a custom drift may hide a non-finite ∇log π(x'): screen it
+            valid = valid & tree_all_finite(proposal.logdensity_grad)
         new_state, stats = metropolis_step(key_accept, log_ratio, state, proposal, valid)
         return new_state, PCNLInfo(stats.acceptance_rate, stats.is_accepted, proposal)
 

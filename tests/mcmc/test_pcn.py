@@ -172,7 +172,7 @@ NUM_PROPOSALS = 20_000
 @functools.lru_cache(maxsize=None)
 def one_step_batch():
     """One pCN step (one jit) from (i) 40 fixed states × 50 keys and (ii) ``PROPOSAL_X`` ×
-    20000 keys. Returns float64 ``x, x', acceptance_rate`` of each part."""
+    20000 keys. Returns float64 ``x, x', acceptance_rate`` and ``is_accepted`` of each part."""
     kernel = psijax.pcn.build_kernel()
     rng = np.random.default_rng(5)
     states = np.repeat(rng.standard_normal((40, MH_DIM)) * 0.9, 50, axis=0).astype(np.float32)
@@ -186,14 +186,15 @@ def one_step_batch():
     info = one_step(jax.random.split(jax.random.key(6), x.shape[0]), jnp.asarray(x))
     xp = np.asarray(info.proposal.position, np.float64)
     acc = np.asarray(info.acceptance_rate, np.float64)
+    accepted = np.asarray(info.is_accepted)
     m, x = states.shape[0], x.astype(np.float64)
-    return (x[:m], xp[:m], acc[:m]), (x[m:], xp[m:], acc[m:])
+    return (x[:m], xp[:m], acc[:m], accepted[:m]), (x[m:], xp[m:], acc[m:], accepted[m:])
 
 
 def test_acceptance_equals_phi_difference():
     """``log info.acceptance_rate == min(0, Φ(x') − Φ(x))`` with Φ computed independently in
     float64 (the Gaussian parts of the MH ratio cancel for the prior-reversible proposal)."""
-    (x, xp, acc), _ = one_step_batch()
+    (x, xp, acc, accepted), _ = one_step_batch()
     explicit = mh_phi_np(xp) - mh_phi_np(x)
     assert np.mean(explicit < 0) > 0.3  # ratios are varied, not all saturated at 1
     assert np.mean((explicit < -0.05) & (explicit > -10)) > 0.15
@@ -204,6 +205,10 @@ def test_acceptance_equals_phi_difference():
         np.log(acc[moderate]), np.minimum(0.0, explicit[moderate]), atol=1e-4, rtol=1e-5
     )
     assert np.all(acc[~moderate] < 1e-15)
+    # The accept decision is a Bernoulli(acceptance_rate) draw (independent keys).
+    z = (accepted.sum() - acc.sum()) / np.sqrt(np.sum(acc * (1 - acc)))
+    assert abs(z) < Z_GATE, z
+    assert not np.any(accepted & (acc == 0.0))
     # Power check: the full log-density difference (forgetting the reference measure) is not
     # what the kernel uses.
     wrong = explicit - 0.5 * (np.sum(xp**2, -1) - np.sum(x**2, -1))
@@ -212,7 +217,7 @@ def test_acceptance_equals_phi_difference():
 
 def test_proposal_mean_and_variance():
     """Proposals from a fixed x have mean ρx and per-coordinate variance β²."""
-    _, (x, xp, _) = one_step_batch()
+    _, (x, xp, _, _) = one_step_batch()
     rho, beta = cn_coefficients(MH_H)
     var = np.full(MH_DIM, beta**2)
     z_mean, z_var = gaussian_moment_z(xp, rho * x[0], var)
