@@ -1,4 +1,5 @@
 """Shared helpers of the benchmark scripts: machine description, timing, output files."""
+
 import csv
 import os
 import platform
@@ -21,16 +22,28 @@ def machine() -> str:
     )
 
 
-def median_time(fn, *args, repeats: int = 30, warmup: int = 3) -> float:
-    """Median wall time of ``fn(*args)`` in seconds, after compilation, outputs blocked on."""
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    times = []
+def interleaved_median_times(
+    fns: dict, repeats: int = 100, warmup: int = 3, budget_s: float = 60.0
+) -> dict:
+    """Median wall time (s) of each ``name -> (fn, args)``, the calls interleaved round by round.
+
+    Interleaving spreads machine noise (other processes, frequency changes) evenly over the
+    functions compared, so their ratios are steadier than those of back-to-back medians. The
+    number of rounds is ``repeats``, reduced (to no fewer than 5) to fit ``budget_s``.
+    """
+    start = time.perf_counter()
+    for fn, args in fns.values():
+        for _ in range(warmup):
+            jax.block_until_ready(fn(*args))
+    round_s = (time.perf_counter() - start) / warmup
+    repeats = max(5, min(repeats, int(budget_s / max(round_s, 1e-9))))
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, (fn, args) in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def write_csv(rows: list[dict], name: str) -> str:

@@ -9,6 +9,7 @@ The MCMC kernels are exposed BlackJAX-style::
 
 and ``psijax.pcnl.init`` / ``psijax.pcnl.build_kernel`` are the pieces BlackJAX's SMC takes.
 """
+
 from blackjax import generate_top_level_api_from
 
 from psijax import mcmc

@@ -4,12 +4,12 @@ Positions of every sampler in psijax are arbitrary pytrees of arrays. The few re
 kernels need (inner products, squared norms, finiteness) are collected here so that each kernel
 reads as its equations. Reductions accumulate in at least float32, whatever the leaf dtype.
 """
+
 import functools
 import operator
 
 import jax
 import jax.numpy as jnp
-
 from blackjax.types import Array, ArrayLikeTree, ArrayTree, PRNGKey
 
 __all__ = [
@@ -29,7 +29,7 @@ def accumulation_dtype(*values) -> jnp.dtype:
 
 def _leaf_vdot(x: Array, y: Array) -> Array:
     dtype = accumulation_dtype(x, y)
-    return jnp.sum(jnp.asarray(x, dtype) * jnp.asarray(y, dtype))
+    return jnp.vdot(jnp.asarray(x, dtype), jnp.asarray(y, dtype))
 
 
 def tree_sum(tree: ArrayLikeTree) -> Array:
@@ -60,6 +60,6 @@ def tree_normal(rng_key: PRNGKey, like: ArrayLikeTree) -> ArrayTree:
     keys = jax.random.split(rng_key, len(leaves)) if len(leaves) > 1 else [rng_key]
     noise = [
         jax.random.normal(key, jnp.shape(leaf), jnp.asarray(leaf).dtype)
-        for key, leaf in zip(keys, leaves)
+        for key, leaf in zip(keys, leaves, strict=True)
     ]
     return jax.tree.unflatten(treedef, noise)

@@ -4,6 +4,7 @@
 BlackJAX MALA on a conjugate Gaussian target, d from 16 to 65,536), prints the table and writes
 the figure, a CSV and a JSON of the results. Later subcommands extend it.
 """
+
 import argparse
 import csv
 import json

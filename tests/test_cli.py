@@ -1,4 +1,5 @@
 """The ``psijax`` command line and the acceptance study behind ``psijax demo``."""
+
 import csv
 import json
 
@@ -12,8 +13,21 @@ from psijax.experiments import acceptance
 def test_demo_writes_results_and_shows_dimension_robustness(tmp_path, capsys):
     """A small demo run writes CSV/JSON/PNG; pCNL keeps its acceptance as d grows, MALA does not."""
     code = main(
-        ["demo", "--out", str(tmp_path), "--dims", "8", "16384", "--steps", "60",
-         "--burn-in", "10", "--chains", "4", "--no-progress"]
+        [
+            "demo",
+            "--out",
+            str(tmp_path),
+            "--dims",
+            "8",
+            "16384",
+            "--steps",
+            "60",
+            "--burn-in",
+            "10",
+            "--chains",
+            "4",
+            "--no-progress",
+        ]
     )
     assert code == 0
     rows = json.loads((tmp_path / "acceptance_vs_dimension.json").read_text())["rows"]

@@ -10,6 +10,7 @@ with the same drift and noise to first order (``ρ ≈ 1 − h/2``, ``β ≈ √
 the kernels at matching local moves. ULA has no accept/reject: its acceptance is reported as
 ``nan`` ("n/a").
 """
+
 from typing import Callable, Iterable
 
 import blackjax
@@ -146,7 +147,7 @@ def plot(rows: list[dict], path: str) -> None:
 
     step_sizes = sorted({r["step_size"] for r in rows})
     fig, axes = plt.subplots(1, len(step_sizes), figsize=(4 * len(step_sizes), 3.2), sharey=True)
-    for ax, h in zip(np.atleast_1d(axes), step_sizes):
+    for ax, h in zip(np.atleast_1d(axes), step_sizes, strict=True):
         for name in SAMPLERS:
             sel = sorted(
                 (r for r in rows if r["sampler"] == name and r["step_size"] == h),

@@ -4,6 +4,7 @@ Each module follows the shape of ``blackjax.mcmc.mala``: State and Info NamedTup
 ``build_kernel``, ``as_top_level_api``. The top-level ``psijax.pcn``, ``psijax.pcnl`` and
 ``psijax.ula`` are made from them with ``blackjax.base.generate_top_level_api_from``.
 """
+
 from psijax.mcmc import adaptation, pcn, pcnl, ula
 
 __all__ = ["adaptation", "pcn", "pcnl", "ula"]

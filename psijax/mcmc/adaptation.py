@@ -9,12 +9,12 @@ the chains (vmapped) and tunes ``h`` by Nesterov dual averaging (Hoffman & Gelma
 inside ``step_size_bounds``. The acceptance statistic is the mean of ``min(1, exp(log A))``
 over chains (one step size for all chains) or per chain (``per_chain=True``).
 """
+
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from blackjax.base import AdaptationAlgorithm
 from blackjax.optimizers.dual_averaging import dual_averaging
 from blackjax.types import Array, ArrayLikeTree, PRNGKey

@@ -4,12 +4,12 @@ Nothing here is specific to one algorithm. The accept/reject step treats a non-f
 acceptance ratio, or a proposal whose log-density or gradient is NaN/inf, as a rejection, so a
 chain never moves to a non-finite state whatever the user's log-density does there.
 """
+
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from blackjax.types import Array, ArrayLikeTree, PRNGKey
 
 from psijax._tree import accumulation_dtype, tree_all_finite

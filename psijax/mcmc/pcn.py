@@ -6,11 +6,11 @@ not degenerate with the dimension. The kernel takes the **full** log-density ``l
 ``Φ(x) = log π(x) + ½‖x‖²``. Drop-in with BlackJAX's SMC and utilities, like
 :mod:`psijax.mcmc.pcnl`.
 """
+
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-
 from blackjax.base import SamplingAlgorithm, build_sampling_algorithm
 from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 

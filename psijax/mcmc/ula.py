@@ -5,10 +5,10 @@ Metropolis correction: it is biased at any finite step and serves as a baseline 
 paper's "ULA initialisation"). It uses BlackJAX MALA's step convention, so the two compare at
 equal ``step_size``: ``x' = x + ε ∇log π(x) + √(2ε) ξ``.
 """
+
 from typing import Callable, NamedTuple
 
 import jax
-
 from blackjax.base import SamplingAlgorithm, build_sampling_algorithm
 from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 
@@ -83,9 +83,7 @@ def build_kernel() -> Callable:
         )
         proposal = init(new_position, logdensity_fn)
         valid = is_valid(proposal.logdensity, new_position, proposal.logdensity_grad)
-        new_state = jax.tree.map(
-            lambda old, new: jax.numpy.where(valid, new, old), state, proposal
-        )
+        new_state = jax.tree.map(lambda old, new: jax.numpy.where(valid, new, old), state, proposal)
         return new_state, ULAInfo(valid.astype(proposal.logdensity.dtype), valid, proposal)
 
     return kernel

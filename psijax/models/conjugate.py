@@ -10,6 +10,7 @@ so the moments of any projection ``uᵀx`` and the normaliser are exact in any d
 without forming a ``d × d`` matrix. Exact quantities are computed in float64 NumPy; the
 log-densities are JAX functions of a single position (float32).
 """
+
 from typing import NamedTuple
 
 import jax.numpy as jnp

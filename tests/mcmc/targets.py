@@ -2,6 +2,7 @@
 
 ``ConjugateGaussian`` lives in :mod:`psijax.models.conjugate` (the benchmarks use it too).
 """
+
 import jax
 import jax.numpy as jnp
 

@@ -6,6 +6,7 @@ of each chain as one draw, so the draws are independent. Every statistical gate 
 probability is below ``10 · P(|N(0, 1)| > 4.5) ≈ 7e-5`` (and seeds are fixed). Each statistical
 test also checks that the same gate rejects a wrong answer, so that it is not vacuous.
 """
+
 import functools
 import math
 

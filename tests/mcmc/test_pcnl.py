@@ -8,6 +8,7 @@ test is below ``10 · P(|N(0, 1)| > 4.5) ≈ 7e-5`` (and every seed is fixed, so
 reproducible). Each statistical test also checks that the same gate rejects a wrong answer, so
 that it is not vacuous.
 """
+
 import functools
 import math
 

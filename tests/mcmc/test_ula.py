@@ -5,6 +5,7 @@ bias is known exactly: for ``π = N(0, s²)``, ``x' = x − ε x/s² + √(2ε) 
 stationary law ``N(0, 2ε/(1 − (1 − ε/s²)²)) = N(0, s²/(1 − ε/(2s²)))``. Statistical gates are
 ``|z| < 4.5`` (at most ~6 statistics per test: Bonferroni false-alarm bound ≈ 4e-5; fixed seeds).
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np

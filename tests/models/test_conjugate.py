@@ -1,4 +1,5 @@
 """The conjugate Gaussian target's exact answers against brute-force linear algebra."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
