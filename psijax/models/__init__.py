@@ -1,5 +1,6 @@
 """Models with exact answers and score models. Models know nothing of sampling."""
 
-from psijax.models import conjugate
+from psijax.models import conjugate, gmm, presets
+from psijax.models.gmm import GaussianMixture
 
-__all__ = ["conjugate"]
+__all__ = ["GaussianMixture", "conjugate", "gmm", "presets"]

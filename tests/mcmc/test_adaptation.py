@@ -1,6 +1,6 @@
 """Step-size adaptation of pCN / pCNL (``psijax.mcmc.adaptation.step_size_adaptation``).
 
-Properties tested, on the conjugate Gaussian target of ``tests/mcmc/targets.py``:
+Properties tested, on the conjugate Gaussian target of ``tests/mcmc/helpers.py``:
 
 * the tuned step ``h`` lies in ``(0, 4)`` and in ``step_size_bounds``, and a *fresh* run of
   chains at the tuned ``h`` has the target mean acceptance (±0.07), for both kernels, for a
@@ -26,7 +26,7 @@ import pytest
 
 import psijax
 from psijax.mcmc.adaptation import step_size_adaptation
-from tests.mcmc.targets import make_conjugate
+from tests.mcmc.helpers import make_conjugate
 
 DIM = 10
 # Likelihood sd 0.5 on 3 directions: the posterior differs clearly from the prior along them,

@@ -3,7 +3,7 @@
 ``psijax.pcnl.build_kernel()`` / ``psijax.pcnl.init`` (and the pCN ones) are meant to drop
 into ``blackjax.adaptive_tempered_smc`` as its mutation step, and ``psijax.pcnl(...)`` into
 ``blackjax.util.run_inference_algorithm``, unchanged (ALGORITHMS.md §4). These tests run that
-composition on a conjugate Gaussian target (``tests/mcmc/targets.py``) whose posterior moments
+composition on a conjugate Gaussian target (``tests/mcmc/helpers.py``) whose posterior moments
 and evidence ``Z`` are exact, and check the answers statistically:
 
 * posterior moments with z-gates whose standard errors come from independent replicates
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import psijax
-from tests.mcmc.targets import make_conjugate
+from tests.mcmc.helpers import make_conjugate
 
 DIM = 10
 NUM_DIRECTIONS = 3

@@ -4,6 +4,9 @@ ULA has no Metropolis correction, so it is biased at any finite step. On a Gauss
 bias is known exactly: for ``π = N(0, s²)``, ``x' = x − ε x/s² + √(2ε) ξ`` is an AR(1) process with
 stationary law ``N(0, 2ε/(1 − (1 − ε/s²)²)) = N(0, s²/(1 − ε/(2s²)))``. Statistical gates are
 ``|z| < 4.5`` (at most ~6 statistics per test: Bonferroni false-alarm bound ≈ 4e-5; fixed seeds).
+
+The properties ULA shares with pCN and pCNL (non-finite proposals refused, step-size validation,
+jit) are in ``test_kernels.py``.
 """
 
 import jax
@@ -12,34 +15,7 @@ import numpy as np
 import pytest
 
 import psijax
-from tests.mcmc.targets import run_chains
-
-Z_GATE = 4.5
-
-
-def gaussian_moment_z(samples, mean, var):
-    """z-scores ``(m̂ − m)/√(v/n)`` and ``(v̂ − v)/(v √(2/(n − 1)))`` of Gaussian draws."""
-    n = samples.shape[0]
-    z_mean = (samples.mean(0) - mean) / np.sqrt(var / n)
-    z_var = (samples.var(0, ddof=1) - var) / (var * np.sqrt(2.0 / (n - 1)))
-    return z_mean, z_var
-
-
-def run_recording(algorithm, positions, num_steps, seed):
-    """Vmapped chains under one jit, returning every state and every info (leading step axis)."""
-    num_chains = jax.tree.leaves(positions)[0].shape[0]
-
-    @jax.jit
-    def run(key, positions):
-        states = jax.vmap(algorithm.init)(positions)
-
-        def body(states, key):
-            states, info = jax.vmap(algorithm.step)(jax.random.split(key, num_chains), states)
-            return states, (states, info)
-
-        return jax.lax.scan(body, states, jax.random.split(key, num_steps))[1]
-
-    return run(jax.random.key(seed), positions)
+from tests.mcmc.helpers import Z_GATE, gaussian_moment_z, run_chains
 
 
 @pytest.mark.parametrize("scales", [(1.0,), (0.8, 1.2)], ids=["1d", "2d"])
@@ -97,41 +73,6 @@ def test_proposal_mean_and_variance():
     assert np.max(np.abs(gaussian_moment_z(xp, x64, np.full(3, 2 * eps))[0])) > Z_GATE
 
 
-def _nan_value(x):
-    return jnp.where(x[0] > 1.0, jnp.nan, -0.5 * jnp.sum(x**2))
-
-
-def _nan_gradient(x):
-    # Finite value everywhere; the gradient is NaN for x0 > 1 (masked √ of a negative number).
-    return -0.5 * jnp.sum(x**2) + jnp.where(x[0] < 1.0, 0.0 * jnp.sqrt(1.0 - x[0]), 0.0)
-
-
-@pytest.mark.parametrize("logdensity", [_nan_value, _nan_gradient], ids=["nan", "nan_grad"])
-def test_nonfinite_proposals_are_refused(logdensity):
-    """A proposal with a NaN log-density or gradient is refused (the chain stays, and never
-    holds NaN); every finite proposal is accepted with acceptance_rate exactly 1."""
-    x0 = jax.random.normal(jax.random.key(4), (500, 2))
-    x0 = x0.at[:, 0].set(-jnp.abs(x0[:, 0]))
-    states, info = run_recording(psijax.ula(logdensity, 0.5), x0, 100, seed=5)
-
-    for leaf in jax.tree.leaves(states):
-        assert np.all(np.isfinite(np.asarray(leaf)))
-    prop = info.proposal
-    finite = (
-        np.isfinite(np.asarray(prop.logdensity))
-        & np.all(np.isfinite(np.asarray(prop.position)), -1)
-        & np.all(np.isfinite(np.asarray(prop.logdensity_grad)), -1)
-    )
-    assert (~finite).sum() > 1000  # invalid proposals do happen
-    acc = np.asarray(info.acceptance_rate)
-    np.testing.assert_array_equal(acc, finite.astype(acc.dtype))
-    np.testing.assert_array_equal(np.asarray(info.is_accepted), finite)
-    # Accepted steps move to the proposal, refused steps keep the previous position.
-    pos, prev = np.asarray(states.position), np.concatenate([x0[None], states.position[:-1]])
-    np.testing.assert_allclose(pos[finite], np.asarray(prop.position)[finite], rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(pos[~finite], np.asarray(prev)[~finite])
-
-
 def test_diverging_chain_stays_finite():
     """With a step far beyond stability (ε = 1 on N(0, 0.1²): x' ≈ −99x) the iterates overflow;
     the overflowing proposals are refused and the chain keeps its last finite state."""
@@ -139,22 +80,10 @@ def test_diverging_chain_stays_finite():
     def logdensity(x):
         return -0.5 * jnp.sum((x / 0.1) ** 2)
 
-    states, info = run_recording(psijax.ula(logdensity, 1.0), jnp.full((4, 2), 0.1), 40, seed=6)
+    algorithm = psijax.ula(logdensity, 1.0)
+    states, info = run_chains(algorithm, jnp.full((4, 2), 0.1), 40, seed=6, record=True)
     for leaf in jax.tree.leaves(states):
         assert np.all(np.isfinite(np.asarray(leaf)))
     acc = np.asarray(info.acceptance_rate)
     assert np.all(acc[:5] == 1.0) and np.all(acc[-5:] == 0.0)  # it diverged, then got stuck
     assert not np.any(np.isnan(acc))
-
-
-@pytest.mark.parametrize("step_size", [0.0, -0.1, float("nan"), float("inf")])
-def test_invalid_step_size_raises(step_size):
-    """A step size that is not finite and > 0 raises ValueError naming `step_size`."""
-    logdensity = lambda x: -0.5 * jnp.sum(x**2)  # noqa: E731
-    with pytest.raises(ValueError, match="step_size"):
-        psijax.ula(logdensity, step_size)
-    state = psijax.ula.init(jnp.zeros(2), logdensity)
-    with pytest.raises(ValueError, match="step_size"):
-        psijax.ula.build_kernel()(jax.random.key(0), state, logdensity, step_size)
-    with pytest.raises(TypeError, match="step_size"):
-        psijax.ula(logdensity, "0.1")
