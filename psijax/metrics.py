@@ -120,7 +120,8 @@ def mmd(
         if not _is_traced(scales) and not np.all(np.asarray(scales) > 0):
             raise ValueError(f"`bandwidth` must be > 0, got {bandwidth!r}.")
         scales = jnp.atleast_1d(scales)
-    return _mmd(x, y, w, v, scales, biased=biased, block_size=block_size)
+    u_statistic, v_statistic = _mmd(x, y, w, v, scales, block_size=block_size)
+    return v_statistic if biased else u_statistic
 
 
 def median_heuristic_bandwidth(
@@ -230,14 +231,15 @@ def energy_distance(
     """
     x, y, w, v = _two_samples(x, y, x_weights, y_weights, need_pairs=not biased)
     _check_block_size(block_size)
-    return _energy_distance(x, y, w, v, biased=biased, block_size=block_size)
+    u_statistic, v_statistic = _energy_distance(x, y, w, v, block_size=block_size)
+    return v_statistic if biased else u_statistic
 
 
-@functools.partial(jax.jit, static_argnames=("biased", "block_size"))
-def _energy_distance(x, y, w, v, biased: bool, block_size: int) -> Array:
+@functools.partial(jax.jit, static_argnames=("block_size",))
+def _energy_distance(x, y, w, v, block_size: int) -> tuple[Array, Array]:
     x, y, w, v = _prepare(x, y, w, v)
     # the kernel is −‖a − b‖: MMD's formula K_xx + K_yy − 2K_xy then gives the energy distance
-    return _two_sample_statistic(x, y, w, v, lambda d2: -_safe_sqrt(d2), biased, block_size)
+    return _two_sample_statistic(x, y, w, v, lambda d2: -_safe_sqrt(d2), block_size)
 
 
 def sliced_wasserstein(
@@ -530,10 +532,13 @@ def _samples(x: ArrayLike, name: str) -> Array:
     return x
 
 
-def _check_weights(weights: ArrayLike | None, n: int, name: str) -> Array | None:
-    """``weights`` as an array of shape ``(n,)`` (or ``None``); values checked when concrete."""
+def _check_weights(
+    weights: ArrayLike | None, n: int, name: str, default_ones: bool = False
+) -> Array | None:
+    """``weights`` as an array of shape ``(n,)``; values checked when concrete. ``None`` stays
+    ``None`` (uniform) or becomes ones with ``default_ones``."""
     if weights is None:
-        return None
+        return jnp.ones((n,)) if default_ones else None
     weights = jnp.asarray(weights)
     if weights.shape != (n,):
         raise ValueError(f"`{name}` must have shape ({n},), got {weights.shape}.")
@@ -576,8 +581,9 @@ def _two_samples(x, y, x_weights, y_weights, need_pairs: bool):
         for name, a in (("x", x), ("y", y)):
             if a.shape[0] < 2:
                 raise ValueError(f"`{name}` needs at least 2 samples for the U-statistic.")
-    w = _check_weights(x_weights, x.shape[0], "x_weights")
-    v = _check_weights(y_weights, y.shape[0], "y_weights")
+    # uniform weights as an array, so that weighted and unweighted calls share compilations
+    w = _check_weights(x_weights, x.shape[0], "x_weights", default_ones=True)
+    v = _check_weights(y_weights, y.shape[0], "y_weights", default_ones=True)
     return x, y, w, v
 
 
@@ -589,8 +595,8 @@ def _prepare(x, y, w, v):
     return x.astype(dtype), y.astype(dtype), w, v
 
 
-@functools.partial(jax.jit, static_argnames=("biased", "block_size"))
-def _mmd(x, y, w, v, scales, biased: bool, block_size: int) -> Array:
+@functools.partial(jax.jit, static_argnames=("block_size",))
+def _mmd(x, y, w, v, scales, block_size: int) -> tuple[Array, Array]:
     x, y, w, v = _prepare(x, y, w, v)
     if scales is None:
         scales = _median_bandwidth(x, y, w, v, max_points=1000)[None]
@@ -599,7 +605,7 @@ def _mmd(x, y, w, v, scales, biased: bool, block_size: int) -> Array:
     def kernel(sq_dist: Array) -> Array:
         return jnp.sum(jnp.exp(-sq_dist[..., None] * inv_two_sq), axis=-1)
 
-    return _two_sample_statistic(x, y, w, v, kernel, biased, block_size)
+    return _two_sample_statistic(x, y, w, v, kernel, block_size)
 
 
 def _sq_dist(a: Array, b: Array) -> Array:
@@ -630,12 +636,6 @@ def _pair_sum(
     block), so at most ``block_size × len(b)`` kernel values exist at once.
     """
     n, m = a.shape[0], b.shape[0]
-    block = min(block_size, n)
-    num_blocks = -(-n // block)
-    pad = num_blocks * block - n
-    a_blocks = jnp.pad(a, ((0, pad), (0, 0))).reshape(num_blocks, block, a.shape[1])
-    wa_blocks = jnp.pad(wa, (0, pad)).reshape(num_blocks, block)
-    row_index = jnp.arange(num_blocks * block).reshape(num_blocks, block)
     col_index = jnp.arange(m)
 
     def block_sum(args):
@@ -645,26 +645,37 @@ def _pair_sum(
             values = jnp.where(rows[:, None] == col_index[None, :], 0.0, values)
         return jnp.dot(wa_blk, jnp.dot(values, wb, precision=_HIGHEST), precision=_HIGHEST)
 
+    if n <= block_size:  # one block: no loop
+        return block_sum((a, wa, jnp.arange(n)))
+    block = block_size
+    num_blocks = -(-n // block)
+    pad = num_blocks * block - n
+    a_blocks = jnp.pad(a, ((0, pad), (0, 0))).reshape(num_blocks, block, a.shape[1])
+    wa_blocks = jnp.pad(wa, (0, pad)).reshape(num_blocks, block)
+    row_index = jnp.arange(num_blocks * block).reshape(num_blocks, block)
     return jnp.sum(jax.lax.map(block_sum, (a_blocks, wa_blocks, row_index)))
 
 
-def _two_sample_statistic(x, y, w, v, kernel, biased: bool, block_size: int) -> Array:
-    """``K_xx + K_yy − 2K_xy`` with U- (default) or V-statistic within-sample terms.
+def _two_sample_statistic(x, y, w, v, kernel, block_size: int) -> tuple[Array, Array]:
+    """``K_xx + K_yy − 2K_xy`` with U- and with V-statistic within-sample terms (both).
 
-    The U-statistic masks the diagonal ``i = j`` exactly rather than subtracting ``k(a, a)``,
-    so rounding in the computed diagonal distances cannot leak in.
+    One pass gives both: the off-diagonal sum ``S = Σ_{i≠j} w_i w_j k_ij`` (the diagonal is
+    masked exactly, so rounding in computed diagonal distances cannot leak in) yields the
+    U-statistic ``S/(1 − Σ w_i²)`` and the V-statistic ``S + Σ w_i² k(a, a)`` with the exact
+    ``k(a, a) = kernel(0)``.
     """
     center = 0.5 * (jnp.mean(x, axis=0) + jnp.mean(y, axis=0))
     x, y = x - center, y - center
+    k_self = kernel(jnp.zeros((), x.dtype))
 
-    def within(a: Array, wa: Array) -> Array:
-        if biased:
-            return _pair_sum(a, wa, a, wa, kernel, False, block_size)
+    def within(a: Array, wa: Array) -> tuple[Array, Array]:
         off_diagonal = _pair_sum(a, wa, a, wa, kernel, True, block_size)
-        return off_diagonal / (1.0 - jnp.sum(jnp.square(wa)))
+        sum_sq = jnp.sum(jnp.square(wa))
+        return off_diagonal / (1.0 - sum_sq), off_diagonal + sum_sq * k_self
 
-    cross = _pair_sum(x, w, y, v, kernel, False, block_size)
-    return within(x, w) + within(y, v) - 2.0 * cross
+    cross = 2.0 * _pair_sum(x, w, y, v, kernel, False, block_size)
+    (ux, vx), (uy, vy) = within(x, w), within(y, v)
+    return ux + uy - cross, vx + vy - cross
 
 
 def _wasserstein_1d_pp(x: Array, w: Array, y: Array, v: Array, p) -> Array:
@@ -673,9 +684,17 @@ def _wasserstein_1d_pp(x: Array, w: Array, y: Array, v: Array, p) -> Array:
     x_sorted, y_sorted = x[x_order], y[y_order]
     x_cdf, y_cdf = jnp.cumsum(w[x_order]), jnp.cumsum(v[y_order])
     x_cdf, y_cdf = x_cdf / x_cdf[-1], y_cdf / y_cdf[-1]  # both end at exactly 1
-    levels = jnp.sort(jnp.concatenate([x_cdf, y_cdf]))
+    n, m = x.shape[0], y.shape[0]
+    from_x = jnp.concatenate([jnp.ones(n, jnp.int32), jnp.zeros(m, jnp.int32)])
+    levels, from_x = jax.lax.sort((jnp.concatenate([x_cdf, y_cdf]), from_x), num_keys=1)
     widths = jnp.diff(levels, prepend=jnp.zeros((1,), levels.dtype))
-    # F⁻¹ is constant on (u_{k−1}, u_k] and equals F⁻¹(u_k) = the first point with F ≥ u_k
-    x_quantile = x_sorted[jnp.minimum(jnp.searchsorted(x_cdf, levels), x.shape[0] - 1)]
-    y_quantile = y_sorted[jnp.minimum(jnp.searchsorted(y_cdf, levels), y.shape[0] - 1)]
+    # F⁻¹ is constant on (u_{k−1}, u_k] and equals F⁻¹(u_k) = the point of index #{i: F_i < u_k}
+    # (a searchsorted): the number of the sample's levels before the first level equal to u_k
+    # in the merged order.
+    position = jnp.arange(n + m)
+    first_equal = jax.lax.cummax(jnp.where(jnp.diff(levels, prepend=-1.0) > 0, position, 0))
+    x_below = (jnp.cumsum(from_x) - from_x)[first_equal]
+    y_below = first_equal - x_below
+    x_quantile = x_sorted[jnp.minimum(x_below, n - 1)]
+    y_quantile = y_sorted[jnp.minimum(y_below, m - 1)]
     return jnp.sum(widths * jnp.abs(x_quantile - y_quantile) ** p)

@@ -43,7 +43,7 @@ def replicate_metrics(key, x, y, energy_only=False):
     # halves the cost of the replicates.
     ell = metrics.median_heuristic_bandwidth(x, y)
     out = {}
-    for name, bandwidth in [("mmd", 1.0), ("mmd median", ell), ("mmd multi-scale", (0.5, 2.0))]:
+    for name, bandwidth in [("mmd", 1.0), ("mmd median", ell)]:
         out[name] = metrics.mmd(x, y, bandwidth=bandwidth)
         out[name + " V"] = metrics.mmd(x, y, bandwidth=bandwidth, biased=True)
     out["energy"] = metrics.energy_distance(x, y)
@@ -131,7 +131,7 @@ def sample_pair(seed, n=40, m=30, dim=3):
 # ----------------------------------------------------------------------------------------------
 # Identical distributions: unbiased in expectation, and the V-statistic is detectably biased
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["mmd", "mmd median", "mmd multi-scale", "energy"])
+@pytest.mark.parametrize("name", ["mmd", "mmd median", "energy"])
 def test_identical_distributions_unbiased(name):
     # The median bandwidth is a symmetric function of the pooled sample (n + m ≤ max_points, so
     # no subsampling), and under the null the split of the pool into x and y is exchangeable,
@@ -147,7 +147,7 @@ def test_identical_distributions_unbiased(name):
 # ----------------------------------------------------------------------------------------------
 # Monotone in the shift
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["mmd", "mmd median", "mmd multi-scale", "energy", "sliced W2"])
+@pytest.mark.parametrize("name", ["mmd", "mmd median", "energy", "sliced W2"])
 def test_increasing_with_shift(name):
     runs = [replicates(s, 2, seed)[name] for s, seed in zip(SHIFTS, SEEDS, strict=True)]
     means = [r.mean() for r in runs]
@@ -212,16 +212,16 @@ def test_sliced_wasserstein_point_masses():
 def test_sliced_wasserstein_gaussians_1d():
     # W2(N(a, σ²), N(b, σ²)) = |a − b|. Quantile ("stratified") samples of the same shape are
     # exact; for d = 1 the projections are ±1, so SW = W for any key.
-    a, b, sigma, n = -0.3, 1.2, 2.0, 1000
+    a, b, sigma, n = -0.3, 1.2, 2.0, 20000
     q = scipy.stats.norm.ppf((np.arange(n) + 0.5) / n)
     x, y = (a + sigma * q).astype(np.float32), (b + sigma * q).astype(np.float32)
-    sw = metrics.sliced_wasserstein(jax.random.key(3), x, y, num_projections=4)
+    sw = metrics.sliced_wasserstein(jax.random.key(3), x, y, num_projections=2)
     np.testing.assert_allclose(sw, abs(a - b), atol=1e-5)
     # Random samples, n = 20000 each: W2² = (a − b)² + 2(a − b)(mean error) + O(log log n / n);
     # the mean error has sd σ√(2/n) = 0.02, so W2 is within ~0.02 of |a − b|; gate 0.1 (5 sd).
     kx, ky = jax.random.split(jax.random.key(4))
-    x = a + sigma * jax.random.normal(kx, (20000,))
-    y = b + sigma * jax.random.normal(ky, (20000,))
+    x = a + sigma * jax.random.normal(kx, (n,))
+    y = b + sigma * jax.random.normal(ky, (n,))
     sw = metrics.sliced_wasserstein(jax.random.key(5), x, y, num_projections=2)
     assert abs(float(sw) - abs(a - b)) < 0.1
 
@@ -298,10 +298,9 @@ def test_weights_equal_duplicated_rows(name, fn, kernel):
 def test_weights_equal_duplicated_rows_sliced_and_modes():
     x, y, cx, cy, x_dup, y_dup = duplicated()
     key = jax.random.key(11)
-    for p in (1, 2):
-        weighted = metrics.sliced_wasserstein(key, x, y, x_weights=cx, y_weights=cy, p=p)
-        unweighted = metrics.sliced_wasserstein(key, x_dup, y_dup, p=p)
-        np.testing.assert_allclose(weighted, unweighted, atol=1e-6)
+    weighted = metrics.sliced_wasserstein(key, x, y, x_weights=cx, y_weights=cy)
+    unweighted = metrics.sliced_wasserstein(key, x_dup, y_dup)
+    np.testing.assert_allclose(weighted, unweighted, atol=1e-6)
     modes = np.array([[0.0, 0.0], [1.0, 1.0], [-1.0, 0.5]], np.float32)
     np.testing.assert_allclose(
         metrics.mode_occupancy(x, modes, weights=cx),
@@ -338,10 +337,16 @@ def test_blockwise_equals_dense():
 
 
 def test_jit_with_traced_weights():
-    x, y, wx, wy = sample_pair(1)
+    # (the median bandwidth under jit is exercised by the replicate tests)
+    x, y, wx, wy = sample_pair(0)
+    kw = dict(block_size=7)  # shares the eager compilations of test_blockwise_equals_dense
     fns = {
-        "mmd": lambda x, y, wx, wy: metrics.mmd(x, y, x_weights=wx, y_weights=wy),
-        "energy": lambda x, y, wx, wy: metrics.energy_distance(x, y, x_weights=wx, y_weights=wy),
+        "mmd": lambda x, y, wx, wy: metrics.mmd(
+            x, y, x_weights=wx, y_weights=wy, bandwidth=(0.5, 2.0), **kw
+        ),
+        "energy": lambda x, y, wx, wy: metrics.energy_distance(
+            x, y, x_weights=wx, y_weights=wy, **kw
+        ),
         "sw": lambda x, y, wx, wy: metrics.sliced_wasserstein(
             jax.random.key(0), x, y, x_weights=wx, y_weights=wy
         ),
