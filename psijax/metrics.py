@@ -97,6 +97,7 @@ def mmd(
         ``"median"`` (:func:`median_heuristic_bandwidth` of the pooled weighted samples), a
         float ``ℓ > 0``, or a sequence of floats (multi-scale: the kernels are summed).
         Compare methods at one fixed bandwidth: the median heuristic depends on the samples.
+        No gradient flows through the median bandwidth (it acts as a constant).
     biased
         Use the V-statistic instead of the U-statistic.
     block_size
@@ -141,7 +142,10 @@ def median_heuristic_bandwidth(
     median over pairs of distinct points (the lower of the two middle values when the number of
     pairs is even). When ``n + m > max_points`` the pairs are taken among ``max_points`` rows at
     evenly spaced indices of ``z`` (a deterministic, stratified subsample; ``O(max_points²)``
-    memory). Returns 1 when the median is 0 (e.g. all points equal) or no pair has weight.
+    memory). The median is found by an exact bisection on the bit patterns of the squared
+    distances (no sort; not differentiable: its gradient is 0). Returns 1 when the median is
+    0 (e.g. all points equal) or no pair has weight. A cumulative weight equal to half up to
+    float rounding (an even number of equally weighted pairs) may select either middle value.
 
     Parameters
     ----------
@@ -173,15 +177,28 @@ def _median_bandwidth(x, y, w, v, max_points: int) -> Array:
         rows = np.round(np.linspace(0, n + m - 1, max_points)).astype(np.int32)
         z, q = z[rows], q[rows]
     z = z - jnp.mean(z, axis=0)
-    i, j = np.triu_indices(z.shape[0], k=1)
-    sq_dist = _sq_dist(z, z)[i, j]
-    pair_weight = q[i] * q[j]
-    total = jnp.sum(pair_weight)
-    pair_weight = jnp.where(total > 0, pair_weight, 1.0)
-    order = jnp.argsort(sq_dist)
-    cumulative = jnp.cumsum(pair_weight[order])
-    k = jnp.searchsorted(cumulative, 0.5 * cumulative[-1], side="left")
-    median = jnp.sqrt(sq_dist[order][jnp.minimum(k, order.shape[0] - 1)])
+    sq_dist = _sq_dist(z, z)
+    sq_dist = jnp.where(sq_dist > 0, sq_dist, 0.0)  # +0.0, never −0.0 (a negative bit pattern)
+    distinct = 1.0 - jnp.eye(z.shape[0], dtype=z.dtype)  # pairs i ≠ j (each pair twice)
+    pair_weight = q[:, None] * q[None, :] * distinct
+    pair_weight = jnp.where(jnp.sum(pair_weight) > 0, pair_weight, distinct)
+    half = 0.5 * jnp.sum(pair_weight)
+    # Lower weighted median without a sort: bisection on the bit patterns of the squared
+    # distances (for floats ≥ 0 their integer order is their order), keeping
+    # mass(≤ lo) < half ≤ mass(≤ hi); after as many steps as bits, hi is the smallest squared
+    # distance whose cumulative pair weight reaches half.
+    int_dtype = jnp.int64 if sq_dist.dtype == jnp.float64 else jnp.int32
+    bits = jax.lax.bitcast_convert_type(sq_dist, int_dtype)
+
+    def bisect(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        enough = jnp.sum(jnp.where(bits <= mid, pair_weight, 0.0)) >= half
+        return jnp.where(enough, lo, mid), jnp.where(enough, mid, hi)
+
+    bounds = (jnp.asarray(-1, int_dtype), jnp.max(bits))
+    _, hi = jax.lax.fori_loop(0, 8 * jnp.dtype(int_dtype).itemsize, bisect, bounds)
+    median = jnp.sqrt(jax.lax.bitcast_convert_type(hi, sq_dist.dtype))
     return jnp.where(median > 0, median, jnp.ones_like(median))
 
 
@@ -392,8 +409,11 @@ def _mode_occupancy(x, modes, weights) -> Array:
     dtype = accumulation_dtype(x, modes)
     w = _normalize(weights, x.shape[0], dtype)
     x, modes = x.astype(dtype), modes.astype(dtype)
-    sq_dist = jnp.sum(jnp.square(x[:, None, :] - modes[None, :, :]), axis=-1)  # (n, K)
-    nearest = jnp.argmin(sq_dist, axis=1)
+    # ‖x − μ_k‖² − ‖x‖² = ‖μ_k‖² − 2⟨x, μ_k⟩: O(nK) memory, not O(nKd)
+    center = jnp.mean(modes, axis=0)
+    x, modes = x - center, modes - center
+    score = jnp.sum(jnp.square(modes), axis=1) - 2.0 * jnp.matmul(x, modes.T, precision=_HIGHEST)
+    nearest = jnp.argmin(score, axis=1)
     return jax.ops.segment_sum(w, nearest, num_segments=modes.shape[0])
 
 
