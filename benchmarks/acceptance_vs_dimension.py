@@ -197,7 +197,8 @@ def main():
             "# Acceptance vs dimension (conjugate target, 3 likelihood directions)\n\n"
             + header
             + "\nMALA and ULA run at ε = h/2 (matching Langevin step); mean ± standard error "
-            "over independent chains.\n\n" + table + "\n",
+            "over independent chains. At d = 2 the likelihood has only 2 directions "
+            "(k = min(3, d)), hence its different values.\n\n" + table + "\n",
             "acceptance_vs_dimension.md",
         )
         acceptance.plot(rows, os.path.join(RESULTS, "acceptance_vs_dimension.png"))
