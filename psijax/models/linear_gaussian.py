@@ -218,11 +218,15 @@ class LinearGaussianFlow:
         return gaussian_tilt(means[-1], covs[-1], center, precision, alpha)
 
     # -- continuous time ---------------------------------------------------------------------
-    def continuous_log_normalizer(self, center: ArrayLike, precision: ArrayLike, alpha: float):
+    def continuous_log_normalizer(
+        self, center: ArrayLike, precision: ArrayLike, alpha: float
+    ) -> float:
         """``log Z = log E_{N(μ, Σ)}[exp(r/α)]``, the exact-model (continuous-time) value."""
         return gaussian_tilt(self.mean, self.cov, center, precision, alpha)[2]
 
-    def tilted_distribution(self, center: ArrayLike, precision: ArrayLike, alpha: float):
+    def tilted_distribution(
+        self, center: ArrayLike, precision: ArrayLike, alpha: float
+    ) -> tuple[np.ndarray, np.ndarray, float]:
         """Mean, covariance and ``log Z`` of the exact target ``N(μ, Σ)·exp(r/α) / Z``."""
         return gaussian_tilt(self.mean, self.cov, center, precision, alpha)
 
@@ -295,10 +299,11 @@ def _psd(value, name, d) -> np.ndarray:
 
 
 def _checked_grid(grid) -> np.ndarray:
-    check_grid(grid)
-    times = np.asarray(grid, np.float64)
-    if not np.all(np.isfinite(times)):
-        raise ValueError("`grid` must be finite.")
+    try:
+        times = np.asarray(grid, np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("`grid` must be a 1-D array of times.") from None
+    check_grid(times)  # 1-D, >= 2 times, strictly decreasing in [0, 1] (NaN fails too)
     return times
 
 

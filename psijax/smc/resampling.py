@@ -9,7 +9,7 @@ scheme is unbiased,
 
     \mathbb E[\#\{k : a_k = i\}] = M W_i \qquad\text{for every particle } i,
 
-and costs ``O(N + M)`` (SSP, residual's integer part) or ``O((N + M) log N)`` (a binary
+and costs ``O(N + M)`` (systematic, SSP, residual's integer part) or ``O((N + M) log N)`` (a binary
 search of sorted uniforms in the cumulative weights); no scheme builds an ``N × M`` array
 (``jax.random.categorical`` with ``shape=(M,)`` would). All are jit- and vmap-friendly.
 
@@ -25,14 +25,19 @@ inverse-CDF schemes, but
   produces ``inf``, every later "uniform" is NaN and most ancestors become ``N − 1``;
 * ``residual`` inherits both through its multinomial draw of the residuals.
 
-The schemes here share one inverse-CDF search (:func:`_inverse_cdf`) that is immune to both
-problems: non-finite and negative weights count as zero, the uniforms are scaled by the actual
-total of the cumulative sum (so a sum of ``1 − 10⁻⁶`` or of ``0.98`` is renormalized instead of
-biasing the last particle), the search uses ``side="right"`` (a zero-weight particle has an
-empty interval ``[C_{i−1}, C_i)``), and any index that floating point still lands on a
-zero-weight particle (or past the end) is moved to the next particle of positive weight, or to
-the last one. If no weight is positive the weights are treated as uniform: the result stays in
-range, but a driver should not resample then (see :mod:`psijax.smc.weights`).
+Multinomial, stratified and residual here share one inverse-CDF search (:func:`_inverse_cdf`)
+that is immune to these problems: non-finite and negative weights count as zero, the uniforms
+are scaled by the actual total of the cumulative sum (so a sum of ``1 − 10⁻⁶`` or of ``0.98`` is
+renormalized instead of biasing the last particle), the search uses ``side="right"`` (a
+zero-weight particle has an empty interval ``[C_{i−1}, C_i)``), and any index that floating
+point still lands on a zero-weight particle (or past the end) is moved to the next particle of
+positive weight, or to the last one. If no weight is positive the weights are treated as
+uniform: the result stays in range, but a driver should not resample then (see
+:mod:`psijax.smc.weights`). Systematic and SSP are computed from offspring counts instead (see
+their docstrings). A limit that remains for the inverse-CDF schemes: the float32 cumulative sum
+resolves an interval only to about ``2⁻²⁴`` absolute, i.e. a relative ``N·6·10⁻⁸`` of an average
+weight (6 % at ``N = 2²⁰``, 0.4 % at ``2¹⁶``, negligible at ``N ≲ 10⁴``); enable float64 for
+such sizes if that matters.
 
 The Srinivasan sampling process (:func:`ssp`) is written here: BlackJAX does not have it.
 """
@@ -127,6 +132,20 @@ def systematic(rng_key: PRNGKey, weights: ArrayLike, num_samples: int) -> Array:
     Particle ``i`` receives the number of grid points in ``[C_{i−1}, C_i)``, an interval of
     length ``W_i`` in a grid of spacing ``1/M``: always ``⌊M W_i⌋`` or ``⌈M W_i⌉``.
 
+    Computed from offspring counts rather than by searching the float32 cumulative sum, whose
+    resolution near 1 (``2⁻²⁴``) is a few percent of a weight at ``N = 2²⁰`` and would break the
+    floor/ceil property. With ``m_i = M W_i = ⌊m_i⌋ + p_i`` and the running fractional offset
+    ``F_i = frac(U + Σ_{j ≤ i} p_j)`` (``F_{−1} = U``), the count is
+
+    .. math::
+
+        \text{count}_i = ⌊m_i⌋ + (F_{i−1} + p_i − F_i), \qquad F_{i−1} + p_i − F_i ∈ \{0, 1\},
+
+    with ``F`` an associative scan of addition modulo 1 (``O(N)``, depth ``log N``, absolute error
+    ``≲ 10⁻⁶``: the 0/1 term is rounded). Zero weights get 0. The total is ``M`` except when
+    ``U`` lies within that error of 0 or 1, where it may be ``M ± 1`` (then the last slot is
+    dropped or repeats the last particle with offspring).
+
     Parameters
     ----------
     rng_key
@@ -143,7 +162,20 @@ def systematic(rng_key: PRNGKey, weights: ArrayLike, num_samples: int) -> Array:
     """
     weights = _as_weights(weights)
     offset = jax.random.uniform(rng_key, (), weights.dtype)
-    return _inverse_cdf(weights, _grid(num_samples, offset, weights.dtype))
+    expected = num_samples * weights / _total(weights)
+    integer_part = jnp.floor(expected)
+    fractional = jnp.clip(expected - integer_part, 0.0, 1.0)
+
+    def add_mod_one(a, b):
+        total = a + b
+        return total - jnp.floor(total)
+
+    first = add_mod_one(fractional[0], offset)
+    running = lax.associative_scan(add_mod_one, fractional.at[0].set(first))
+    previous = jnp.concatenate([offset[None], running[:-1]])
+    wraps = jnp.round(previous + fractional - running).astype(jnp.int32)
+    wraps = jnp.where(fractional > 0, jnp.clip(wraps, 0, 1), 0)
+    return _counts_to_ancestors(integer_part.astype(jnp.int32) + wraps, num_samples)
 
 
 def residual(rng_key: PRNGKey, weights: ArrayLike, num_samples: int) -> Array:
@@ -206,10 +238,10 @@ def ssp(rng_key: PRNGKey, weights: ArrayLike, num_samples: int) -> Array:
     The walk is a ``lax.scan`` over the particles (``O(N)``, sequential); the counts become
     ancestor indices in ``O(N + M)``. The last open index gets ``b = M − Σ⌊m⌋ − (number of
     1s so far)``, which in exact arithmetic equals its remaining fractional part (0 or 1); this
-    makes the total exactly ``M`` despite float32 rounding of the walk (whose drift is ``≲ N·6e−8``,
-    far below ½). ``b`` is clipped to ``{0, 1}`` and set to 0 on a zero-weight particle; should
-    that ever leave fewer than ``M`` ancestors, the last slots repeat the last particle with
-    positive offspring.
+    makes the total exactly ``M`` despite float32 rounding of the walk (whose drift is
+    ``≲ N·6e−8``, below ½ for ``N < 2²³``). ``b`` is clipped to ``{0, 1}`` and set to 0 on a
+    zero-weight particle; should that ever leave fewer than ``M`` ancestors, the last slots
+    repeat the last particle with positive offspring.
 
     Generalization: ``num_samples`` may differ from ``N`` — the process is the same with
     ``m_i = M W_i`` (whose sum is ``M``), with the same guarantees.
@@ -288,7 +320,9 @@ def get_scheme(name: str) -> Callable:
         return SCHEMES[name]
     except (KeyError, TypeError):
         allowed = ", ".join(repr(k) for k in SCHEMES)
-        raise ValueError(f"Unknown resampling scheme {name!r}; expected one of {allowed}.") from None
+        raise ValueError(
+            f"Unknown resampling scheme {name!r}; expected one of {allowed}."
+        ) from None
 
 
 def offspring_counts(ancestors: ArrayLike, n: int) -> Array:
