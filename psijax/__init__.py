@@ -12,7 +12,7 @@ and ``psijax.pcnl.init`` / ``psijax.pcnl.build_kernel`` are the pieces BlackJAX'
 
 from blackjax import generate_top_level_api_from
 
-from psijax import flows, mcmc, metrics, models
+from psijax import align, flows, mcmc, metrics, models, smc
 from psijax.mcmc import pcn as _pcn
 from psijax.mcmc import pcnl as _pcnl
 from psijax.mcmc import ula as _ula
@@ -23,4 +23,15 @@ pcn = generate_top_level_api_from(_pcn)
 pcnl = generate_top_level_api_from(_pcnl)
 ula = generate_top_level_api_from(_ula)
 
-__all__ = ["flows", "mcmc", "metrics", "models", "pcn", "pcnl", "ula", "__version__"]
+__all__ = [
+    "align",
+    "flows",
+    "mcmc",
+    "metrics",
+    "models",
+    "smc",
+    "pcn",
+    "pcnl",
+    "ula",
+    "__version__",
+]
