@@ -129,14 +129,15 @@ class RewardProblem:
 
             def objective(y):
                 v = self.velocity_fn(y, t)
-                return self._reward(tweedie_from_velocity(y, v, t)), v
+                return self.reward(tweedie_from_velocity(y, v, t)), v
 
             (reward, v), grad = jax.value_and_grad(objective, has_aux=True)(x)
             return reward, grad, v
 
-        reward, grad = jax.value_and_grad(lambda y: self._reward(self.predict_x0(y, t)))(x)
+        reward, grad = jax.value_and_grad(lambda y: self.reward(self.predict_x0(y, t)))(x)
         return reward, grad, self.velocity_fn(x, t)
 
-    def _reward(self, x0):
+    def reward(self, x0):
+        """``r(x0)`` on one sample as a float32 (or wider) scalar."""
         r = jnp.asarray(self.reward_fn(x0))
         return r.astype(jnp.result_type(jnp.float32, r.dtype)).reshape(())

@@ -223,13 +223,12 @@ def run_smc(
         xs, cache, log_w, log_z = carry
         key, t, t_next, lam, lam_next = inputs
         key_resample, key_move = jax.random.split(key)
-        ess_before = ess(log_w)
-        (xs, cache), log_w, _, resampled = resample_if_needed(
+        (xs, cache), log_w, _, resampled, ess_before = resample_if_needed(
             key_resample, log_w, (xs, cache), threshold, scheme
         )
         x_next, log_p_minus_q = move(key_move, xs, cache, t, t_next, lam_next)
         if last:  # t' = 0: the exact reward, no model call
-            r_next = jax.vmap(problem._reward)(x_next).astype(dtype)
+            r_next = jax.vmap(problem.reward)(x_next).astype(dtype)
             bad_next = ~jnp.isfinite(r_next)
             r_next = jnp.where(bad_next, 0.0, r_next)
             cache_next = (r_next, cache[1], cache[2], bad_next)

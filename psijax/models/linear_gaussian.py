@@ -56,16 +56,14 @@ on). :meth:`LinearGaussianFlow.velocity` is the JAX model (float32, or float64 u
 """
 
 import dataclasses
-from typing import Callable
 
-import jax.numpy as jnp
 import numpy as np
 from blackjax.types import Array, ArrayLike
 
 from psijax.flows.sde import Diffusion, check_grid
 from psijax.models.gmm import GaussianMixture
 
-__all__ = ["LinearGaussianFlow", "gaussian_tilt", "quadratic_reward"]
+__all__ = ["LinearGaussianFlow", "gaussian_tilt"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -266,18 +264,6 @@ def gaussian_tilt(
     new_cov = c_mat - f.T @ f
     new_mean = m - f.T @ w
     return new_mean, 0.5 * (new_cov + new_cov.T), float(log_z)
-
-
-def quadratic_reward(center: ArrayLike, precision: ArrayLike) -> Callable[[Array], Array]:
-    """The JAX reward ``r(x) = −½(x − c)ᵀQ(x − c)`` on a single ``x`` (float32)."""
-    c = jnp.asarray(center, jnp.float32)
-    q = jnp.asarray(precision, jnp.float32)
-
-    def reward(x):
-        diff = jnp.asarray(x, jnp.float32) - c
-        return -0.5 * diff @ (q @ diff)
-
-    return reward
 
 
 # -- private helpers ------------------------------------------------------------------------------

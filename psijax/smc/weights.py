@@ -51,7 +51,7 @@ __all__ = [
 
 
 class ResampleResult(NamedTuple):
-    """Output of :func:`resample_if_needed` (a tuple: it unpacks as four values).
+    """Output of :func:`resample_if_needed` (a tuple: it unpacks as five values).
 
     particles
         The particles after the step: copies ``x[ancestors]`` if resampled, else the input.
@@ -61,6 +61,8 @@ class ResampleResult(NamedTuple):
         int32 ``(N,)`` ancestor indices; ``arange(N)`` when not resampled.
     resampled
         Boolean scalar.
+    ess
+        The ESS of the input weights, on which the decision was taken.
 
     """
 
@@ -68,6 +70,7 @@ class ResampleResult(NamedTuple):
     log_weights: Array
     ancestors: Array
     resampled: Array
+    ess: Array
 
 
 def sanitize(log_weights: ArrayLike) -> Array:
@@ -205,7 +208,7 @@ def resample_if_needed(
 
     Returns
     -------
-    :class:`ResampleResult` ``(particles, log_weights, ancestors, resampled)``.
+    :class:`ResampleResult` ``(particles, log_weights, ancestors, resampled, ess)``.
 
     Raises
     ------
@@ -219,7 +222,8 @@ def resample_if_needed(
     log_weights = sanitize(log_weights)
     n = log_weights.shape[0]
     weights, log_sum = normalize(log_weights)
-    resampled = (_ess_from_weights(weights) <= threshold * n) & jnp.isfinite(log_sum)
+    ess_value = _ess_from_weights(weights)
+    resampled = (ess_value <= threshold * n) & jnp.isfinite(log_sum)
 
     def do_resample(_):
         ancestors = scheme(rng_key, weights, n).astype(jnp.int32)
@@ -231,7 +235,7 @@ def resample_if_needed(
         return particles_out, log_weights, jnp.arange(n, dtype=jnp.int32)
 
     new_particles, new_log_weights, ancestors = lax.cond(resampled, do_resample, keep, None)
-    return ResampleResult(new_particles, new_log_weights, ancestors, resampled)
+    return ResampleResult(new_particles, new_log_weights, ancestors, resampled, ess_value)
 
 
 def check_threshold(threshold: float) -> None:

@@ -16,7 +16,8 @@ import pytest
 
 from psijax import flows
 from psijax.align import AlignmentResult, RewardProblem, run_smc
-from psijax.models.linear_gaussian import LinearGaussianFlow, quadratic_reward
+from psijax.models.linear_gaussian import LinearGaussianFlow
+from psijax.models.presets import quadratic_reward
 
 Z_GATE = 4.5
 MODEL = LinearGaussianFlow([1.0, -1.0], [[0.09, 0.02], [0.02, 0.16]])

@@ -16,7 +16,8 @@ import pytest
 
 from psijax import flows
 from psijax.models.gmm import GaussianMixture
-from psijax.models.linear_gaussian import LinearGaussianFlow, gaussian_tilt, quadratic_reward
+from psijax.models.linear_gaussian import LinearGaussianFlow, gaussian_tilt
+from psijax.models.presets import quadratic_reward
 from tests.flows.gaussian import GaussianData, moment_z
 
 Z_GATE = 4.5

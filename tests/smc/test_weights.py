@@ -114,8 +114,9 @@ def test_high_ess_accumulates():
     log_w = (0.1 * np.sin(np.arange(N))).astype(np.float32)  # ESS ≈ 0.995 N
     particles = _particles()
     out = resample_if_needed(jax.random.key(0), log_w, particles, 0.5, "systematic")
-    new_particles, new_log_w, ancestors, resampled = out
+    new_particles, new_log_w, ancestors, resampled, ess_value = out
     assert not bool(resampled)
+    assert float(ess_value) == pytest.approx(float(ess(log_w)), rel=1e-6)
     np.testing.assert_array_equal(new_log_w, log_w)  # kept, not reset
     np.testing.assert_array_equal(ancestors, np.arange(N))
     jax.tree.map(np.testing.assert_array_equal, new_particles, particles)
@@ -126,7 +127,7 @@ def test_low_ess_resamples_particles_with_their_cache(scheme):
     log_w = np.full(N, -INF, np.float32)
     log_w[[3, 11]] = [0.0, 0.5]  # ESS < 2
     particles = _particles()
-    new_particles, new_log_w, ancestors, resampled = resample_if_needed(
+    new_particles, new_log_w, ancestors, resampled, _ = resample_if_needed(
         jax.random.key(1), log_w, particles, 0.5, scheme
     )
     assert bool(resampled)
@@ -224,7 +225,7 @@ def _smc_log_z(rng_key, scheme_index, threshold, quirk):
         delta = -(beta - beta_prev) * (x - 1.0) ** 2 / 2.0
         log_z = log_z + smc_weights.log_normalizer_increment(log_w, delta)
         log_w = log_w + delta
-        x, log_w_new, _, resampled = smc_weights.resample_if_needed(
+        x, log_w_new, _, resampled, _ = smc_weights.resample_if_needed(
             key_resample, log_w, x, threshold, scheme
         )
         log_w = jnp.where(quirk & ~resampled, 0.0, log_w_new)
