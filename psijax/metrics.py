@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax.types import Array, ArrayLike, PRNGKey
 
+from psijax._checks import concrete_value
 from psijax._tree import accumulation_dtype
 
 __all__ = [
@@ -539,7 +540,7 @@ def _effective_sample_size(log_weights: Array) -> Array:
 # Private helpers
 # ----------------------------------------------------------------------------------------------
 def _is_traced(value) -> bool:
-    return isinstance(value, jax.core.Tracer)
+    return concrete_value(value) is None
 
 
 def _samples(x: ArrayLike, name: str) -> Array:

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax.types import Array, ArrayLike, PRNGKey
 
+from psijax._checks import concrete_value
 from psijax.align.problem import RewardProblem
 from psijax.flows.sde import Diffusion, Transition, check_grid, transition_from_velocity
 from psijax.smc.resampling import get_scheme
@@ -280,11 +281,12 @@ def _sanitize_potential(r, grad, v):
 
 def _concrete(value, name: str) -> np.ndarray:
     try:
-        return np.asarray(value, np.float64)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        raise ValueError(f"`{name}` must be concrete (not traced).") from None
+        array = concrete_value(value, np.float64)
     except (TypeError, ValueError):
         raise ValueError(f"`{name}` must be an array of numbers.") from None
+    if array is None:
+        raise ValueError(f"`{name}` must be concrete (not traced).")
+    return array
 
 
 def _checked_grid(grid) -> np.ndarray:

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax.types import Array, ArrayLike, ArrayLikeTree, ArrayTree, PRNGKey
 
+from psijax._checks import concrete_value
 from psijax._tree import accumulation_dtype, tree_normal
 
 __all__ = [
@@ -132,12 +133,9 @@ def flux_mu(
     """
     if not base_seq_len != max_seq_len:
         raise ValueError("`base_seq_len` and `max_seq_len` must differ.")
-    try:
-        n = np.asarray(num_tokens)
-        if not np.all(n > 0):
-            raise ValueError(f"`num_tokens` must be > 0, got {num_tokens!r}.")
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        pass
+    n = concrete_value(num_tokens)
+    if n is not None and not np.all(n > 0):
+        raise ValueError(f"`num_tokens` must be > 0, got {num_tokens!r}.")
     slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
     intercept = base_shift - slope * base_seq_len
     return jnp.asarray(num_tokens, jnp.float32) * jnp.float32(slope) + jnp.float32(intercept)
@@ -188,9 +186,8 @@ def flux_grid(
 # Forward (re-noising) kernel
 # ----------------------------------------------------------------------------------------------
 def _check_renoise_times(t_from, t_to) -> None:
-    try:
-        a, b = np.asarray(t_from, np.float64), np.asarray(t_to, np.float64)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    a, b = concrete_value(t_from, np.float64), concrete_value(t_to, np.float64)
+    if a is None or b is None:
         return
     if not (np.all(a >= 0.0) and np.all(a < 1.0)):
         raise ValueError(f"`t_from` must lie in [0, 1), got {t_from!r}.")

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax.types import Array, ArrayLike, ArrayLikeTree, ArrayTree
 
+from psijax._checks import concrete_value
 from psijax._tree import accumulation_dtype
 from psijax.flows.sde import check_grid
 
@@ -80,9 +81,8 @@ def _check_positive(value, name: str, integer: bool = False) -> None:
 
 
 def _check_time(value, name: str) -> None:
-    try:
-        t = np.asarray(value, np.float64)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    t = concrete_value(value, np.float64)
+    if t is None:
         return
     if t.shape != () or not (0.0 <= t <= 1.0):
         raise ValueError(f"`{name}` must be a scalar time in [0, 1], got {value!r}.")

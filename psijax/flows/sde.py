@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax.types import Array, ArrayLike, ArrayLikeTree, ArrayTree, PRNGKey
 
+from psijax._checks import concrete_value
 from psijax._tree import accumulation_dtype, tree_normal, tree_sq_norm
 
 __all__ = [
@@ -86,10 +87,7 @@ def linear_diffusion(eta: float) -> Diffusion:
 
     ``η = 0`` is the ODE. The noise added per step is largest at the noise end.
     """
-    try:
-        value = np.asarray(eta)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        value = None
+    value = concrete_value(eta)
     if value is not None:
         if value.dtype == object or not (
             np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)
@@ -160,9 +158,8 @@ def custom_diffusion(
 # One step
 # ----------------------------------------------------------------------------------------------
 def _check_step_times(t, t_next) -> None:
-    try:
-        a, b = np.asarray(t, np.float64), np.asarray(t_next, np.float64)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    a, b = concrete_value(t, np.float64), concrete_value(t_next, np.float64)
+    if a is None or b is None:
         return
     if not (np.all(a > 0.0) and np.all(a <= 1.0)):
         raise ValueError(f"`t` must lie in (0, 1], got {t!r}.")
@@ -179,9 +176,8 @@ def check_grid(grid: ArrayLike) -> None:
         raise ValueError(
             f"`grid` must be a 1-D array of at least 2 times, got shape {jnp.shape(grid)}."
         )
-    try:
-        values = np.asarray(grid, np.float64)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    values = concrete_value(grid, np.float64)
+    if values is None:
         return
     if not (np.all(values >= 0.0) and np.all(values <= 1.0) and np.all(np.diff(values) < 0)):
         raise ValueError("`grid` must be strictly decreasing with values in [0, 1].")

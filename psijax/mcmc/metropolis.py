@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax.types import Array, ArrayLikeTree, PRNGKey
 
+from psijax._checks import concrete_value
 from psijax._tree import accumulation_dtype, tree_all_finite
 
 __all__ = [
@@ -31,9 +32,8 @@ def check_step_size(step_size, name: str = "step_size") -> None:
     argument of a jitted function or adapted inside a loop, cannot be checked here; an invalid
     traced value makes every proposal non-finite, and those are rejected.
     """
-    try:
-        value = np.asarray(step_size)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    value = concrete_value(step_size)
+    if value is None:
         return
     if value.dtype == object or not (
         np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)

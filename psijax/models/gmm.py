@@ -27,6 +27,8 @@ import numpy as np
 from blackjax.types import Array, ArrayLike, PRNGKey
 from jax.scipy.linalg import solve_triangular
 
+from psijax._checks import concrete_value
+
 __all__ = ["GaussianMixture", "WEIGHT_TOLERANCE"]
 
 WEIGHT_TOLERANCE = 1e-4
@@ -261,7 +263,7 @@ def _unchecked(weights, means, covs) -> GaussianMixture:
 
 
 def _is_concrete(*values) -> bool:
-    return not any(isinstance(v, jax.core.Tracer) for v in values)
+    return all(concrete_value(v) is not None for v in values)
 
 
 def _validated(weights, means, covs):
