@@ -1,13 +1,14 @@
-"""Train the reflowed toy velocity field shipped in ``psijax/models/weights/``.
+"""Train the reflowed toy velocity fields shipped in ``psijax/models/weights/``.
 
-Reflow on the 2D six-mode preset (``psijax.models.presets.six_modes``): pairs
-``(x1, Φ_1(x1))`` from the exact flow map of the mixture (diffrax, Tsit5), then a rectified
-flow MLP trained on them with optax (``psijax.models.reflow``). Reproducible from ``--seed``.
-Reports how straight the field is (one-step vs ODE distance) and how close its one-step samples
-are to the mixture (energy distance and MMD against exact samples, with the value between two
-exact sample sets as the noise floor), and writes ``reflow_six_modes.md``.
+Reflow on a 2D ring preset (``--data six_modes`` or ``unequal_six_modes``, functions of
+``psijax.models.presets``): pairs ``(x1, Φ_1(x1))`` from the exact flow map of the mixture
+(diffrax, Tsit5), then a rectified flow MLP trained on them with optax
+(``psijax.models.reflow``). Reproducible from ``--seed``. Reports how straight the field is
+(one-step vs ODE distance) and how close its one-step samples are to the mixture (energy
+distance and MMD against exact samples, with the value between two exact sample sets as the
+noise floor), and writes ``reflow_<data>.md``.
 
-Usage: python benchmarks/train_reflow.py [--seed 0] [--write-weights]
+Usage: python benchmarks/train_reflow.py [--data six_modes] [--seed 0] [--write-weights]
 """
 
 import argparse
@@ -27,11 +28,12 @@ from psijax.models import presets, reflow  # noqa: E402
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", choices=sorted(reflow.SHIPPED), default="six_modes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write-weights", action="store_true", help="overwrite shipped weights")
     args = parser.parse_args()
 
-    data = presets.six_modes()
+    data = getattr(presets, args.data)()
     exact_map = lambda x1: ode.flow_map(data.velocity, x1, 1.0)[0]  # noqa: E731
     config = reflow.ReflowConfig()
 
@@ -55,7 +57,7 @@ def main():
         "exact (noise floor)": exact_b,
     }
     lines = [
-        "# Reflowed six-mode toy model\n",
+        f"# Reflowed toy model: `presets.{args.data}()`\n",
         f"Machine: {machine()}\n",
         f"Training: {config.num_train_steps} Adam steps, batch {config.batch_size}, "
         f"{config.num_pairs} pairs, MLP {config.depth}×{config.width}; {train_s:.1f} s "
@@ -74,11 +76,9 @@ def main():
         lines.append(f"| {name} | {ed:.4f} | {mmd:.5f} | {tv:.3f} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    write_text(text, "reflow_six_modes.md")
+    write_text(text, f"reflow_{args.data}.md")
     if args.write_weights:
-        path = os.path.join(
-            os.path.dirname(reflow.__file__), "weights", "reflow_six_modes.safetensors"
-        )
+        path = reflow.weights_path(args.data)
         digest = reflow.save_params(params, config, path)
         print(f"wrote {path}\nsha256 {digest}")
 

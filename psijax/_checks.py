@@ -5,10 +5,12 @@ later. Inside ``jit`` an argument may be traced; its value then cannot be checke
 check in the library skips it through :func:`concrete_value`.
 """
 
+import numbers
+
 import jax
 import numpy as np
 
-__all__ = ["concrete_value"]
+__all__ = ["concrete_value", "check_int"]
 
 
 def concrete_value(value, dtype=None) -> np.ndarray | None:
@@ -17,3 +19,12 @@ def concrete_value(value, dtype=None) -> np.ndarray | None:
         return np.asarray(value, dtype)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         return None
+
+
+def check_int(value, name: str, minimum: int = 1) -> int:
+    """``value`` as a Python int ``>= minimum``; ``ValueError`` naming ``name`` otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+    return int(value)

@@ -8,24 +8,26 @@ The target (ALGORITHMS.md §3) is
     γ_t(x) ∝ p_t(x)\, e^{λ_t\, r(\hat x_0(x, t))/α},
 
 with ``x̂0(x, t)`` an x0-predictor: Tweedie ``x − t·v(x, t)`` (one model evaluation), the flow
-map ``Φ_t(x)`` (an ODE solve, exact for an exact model) or a user callable. Every method acts
-on a **single** sample of shape ``event_shape``; the samplers vmap over particles.
+map ``Φ_t(x)`` (an ODE solve, exact for an exact model; every velocity evaluation of the solve
+is counted as an NFE) or a user callable. Every method acts on a **single** sample of shape
+``event_shape``; the samplers vmap over particles.
 """
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 from blackjax.types import Array, ArrayLike
 
 from psijax.flows.interpolant import tweedie_from_velocity
-from psijax.flows.ode import flow_map_predictor
+from psijax.flows.ode import flow_map
 
 __all__ = ["RewardProblem"]
 
 _PREDICTORS = ("tweedie", "flow_map")
+_FLOW_MAP_OPTIONS = {"solver", "rtol", "atol", "dt0", "max_steps", "adjoint"}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -45,8 +47,12 @@ class RewardProblem:
         Strength ``α > 0`` (finite); smaller is a sharper tilt.
     x0_predictor
         ``"tweedie"`` (``x̂0 = x − t·v(x, t)``, one model evaluation), ``"flow_map"``
-        (:func:`psijax.flows.ode.flow_map_predictor`, an adaptive ODE solve) or a callable
-        ``(velocity_fn, x, t) -> x0``.
+        (:func:`psijax.flows.ode.flow_map`, an adaptive ODE solve from ``t`` to 0) or a
+        callable ``(velocity_fn, x, t) -> x0`` or ``-> (x0, nfe)``; a callable that returns
+        ``x0`` alone is counted as one model evaluation, so return its true cost with it.
+    flow_map_options
+        Keyword arguments of :func:`psijax.flows.ode.solve` for the flow-map predictor
+        (``solver``, ``rtol``, ``atol``, ``dt0``, ``max_steps``); ``None`` for its defaults.
 
     Raises
     ------
@@ -60,6 +66,7 @@ class RewardProblem:
     event_shape: tuple
     alpha: float
     x0_predictor: str | Callable = "tweedie"
+    flow_map_options: Mapping | None = None
 
     def __post_init__(self):
         if not callable(self.velocity_fn):
@@ -84,6 +91,15 @@ class RewardProblem:
                 f"`x0_predictor` must be 'tweedie', 'flow_map' or a callable "
                 f"(velocity_fn, x, t) -> x0, got {pred!r}."
             )
+        options = self.flow_map_options
+        if options is not None:
+            if not isinstance(options, Mapping):
+                raise ValueError(f"`flow_map_options` must be a dict or None, got {options!r}.")
+            unknown = set(options) - _FLOW_MAP_OPTIONS
+            if unknown:
+                allowed = sorted(_FLOW_MAP_OPTIONS)
+                raise ValueError(f"`flow_map_options` accepts {allowed}, got {sorted(unknown)}.")
+            object.__setattr__(self, "flow_map_options", dict(options))
 
     @property
     def is_tweedie(self) -> bool:
@@ -91,19 +107,26 @@ class RewardProblem:
         return isinstance(self.x0_predictor, str) and self.x0_predictor == "tweedie"
 
     def predict_x0(self, x: ArrayLike, t: ArrayLike) -> Array:
-        r"""``x̂0(x, t)`` on a single sample.
+        r"""``x̂0(x, t)`` on a single sample (see :meth:`predict_x0_and_nfe` for its cost)."""
+        return self.predict_x0_and_nfe(x, t)[0]
 
-        Tweedie: ``x − t·v(x, t)`` (one model evaluation); flow map: ``Φ_t(x)``; a callable:
-        ``x0_predictor(velocity_fn, x, t)``.
+    def predict_x0_and_nfe(self, x: ArrayLike, t: ArrayLike) -> tuple[Array, Array]:
+        r"""``(x̂0(x, t), nfe)`` on a single sample; ``nfe`` is an int32 count of model calls.
+
+        Tweedie: ``x − t·v(x, t)``, 1; flow map: ``Φ_t(x)`` and the exact count of its ODE
+        solve; a callable: its ``(x0, nfe)``, or ``(x0, 1)`` when it returns ``x0`` alone.
         """
         if self.is_tweedie:
-            return tweedie_from_velocity(x, self.velocity_fn(x, t), t)
-        if isinstance(self.x0_predictor, str):  # "flow_map"
-            return flow_map_predictor(self.velocity_fn)(x, t)
-        return self.x0_predictor(self.velocity_fn, x, t)
+            x0, nfe = tweedie_from_velocity(x, self.velocity_fn(x, t), t), 1
+        elif isinstance(self.x0_predictor, str):  # "flow_map"
+            x0, nfe = flow_map(self.velocity_fn, x, t, **(self.flow_map_options or {}))
+        else:
+            out = self.x0_predictor(self.velocity_fn, x, t)
+            x0, nfe = out if isinstance(out, tuple) else (out, 1)
+        return x0, jnp.asarray(nfe, jnp.int32)
 
-    def potential_and_grad(self, x: ArrayLike, t: ArrayLike) -> tuple[Array, Array, Array]:
-        r"""Reward of the prediction, its gradient w.r.t. ``x``, and the velocity, at one sample.
+    def potential_and_grad(self, x: ArrayLike, t: ArrayLike) -> tuple[Array, Array, Array, Array]:
+        r"""Reward of the prediction, its gradient w.r.t. ``x``, the velocity and the NFE.
 
         .. math::
 
@@ -112,15 +135,16 @@ class RewardProblem:
         The gradient is taken through the predictor and the model. For Tweedie this is **one**
         model evaluation (with its backward pass): ``jax.value_and_grad`` of
         ``x ↦ r(x − t·v(x, t))`` with ``v`` returned as auxiliary output. For the flow map or a
-        callable predictor it is one velocity call plus the predictor's own cost.
+        callable predictor it is the predictor's own evaluations plus one velocity call.
 
         Non-finite values are passed through unchanged (NaN/inf reward or gradient): the SMC
         turns such a particle into a zero-weight particle.
 
         Returns
         -------
-        ``(reward, grad, velocity)``: a float32 (or wider) scalar, and two arrays shaped like
-        ``x`` (the gradient in the accumulation dtype, the velocity in the model's dtype).
+        ``(reward, grad, velocity, nfe)``: a float32 (or wider) scalar, two arrays shaped like
+        ``x`` (the gradient in the accumulation dtype, the velocity in the model's dtype) and
+        the int32 number of model evaluations made (each with its backward pass).
 
         """
         x = jnp.asarray(x)
@@ -132,10 +156,14 @@ class RewardProblem:
                 return self.reward(tweedie_from_velocity(y, v, t)), v
 
             (reward, v), grad = jax.value_and_grad(objective, has_aux=True)(x)
-            return reward, grad, v
+            return reward, grad, v, jnp.asarray(1, jnp.int32)
 
-        reward, grad = jax.value_and_grad(lambda y: self.reward(self.predict_x0(y, t)))(x)
-        return reward, grad, self.velocity_fn(x, t)
+        def objective(y):
+            x0, nfe = self.predict_x0_and_nfe(y, t)
+            return self.reward(x0), nfe
+
+        (reward, nfe), grad = jax.value_and_grad(objective, has_aux=True)(x)
+        return reward, grad, self.velocity_fn(x, t), nfe + 1
 
     def reward(self, x0):
         """``r(x0)`` on one sample as a float32 (or wider) scalar."""

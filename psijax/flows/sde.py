@@ -28,8 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax.types import Array, ArrayLike, ArrayLikeTree, ArrayTree, PRNGKey
 
-from psijax._checks import concrete_value
+from psijax._checks import check_int, concrete_value
 from psijax._tree import accumulation_dtype, tree_normal, tree_sq_norm
+from psijax.flows.interpolant import _uniform_grid_f64
 
 __all__ = [
     "Diffusion",
@@ -44,6 +45,7 @@ __all__ = [
     "transition_logpdf",
     "sample",
     "check_grid",
+    "denoising_grid",
 ]
 
 
@@ -181,6 +183,34 @@ def check_grid(grid: ArrayLike) -> None:
         return
     if not (np.all(values >= 0.0) and np.all(values <= 1.0) and np.all(np.diff(values) < 0)):
         raise ValueError("`grid` must be strictly decreasing with values in [0, 1].")
+
+
+def denoising_grid(num_steps: int | None, grid: ArrayLike | None = None) -> np.ndarray:
+    """The concrete float64 times ``1 = t_0 > … > t_T = 0`` a sampler runs on.
+
+    ``grid=None``: the uniform grid of ``num_steps`` steps (:func:`psijax.flows.uniform_grid`);
+    otherwise ``grid`` itself, which must be concrete, strictly decreasing from 1 to 0, and
+    ``num_steps`` must be ``None`` or its number of steps. ``ValueError`` naming the argument.
+    """
+    if grid is None:
+        if num_steps is None:
+            raise ValueError("`num_steps` must be an int >= 1 when no `grid` is given.")
+        return _uniform_grid_f64(check_int(num_steps, "num_steps"))
+    try:
+        times = concrete_value(grid, np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("`grid` must be a 1-D array of times.") from None
+    if times is None:
+        raise ValueError("`grid` must be concrete (not traced).")
+    check_grid(times)
+    if times[0] != 1.0 or times[-1] != 0.0:
+        raise ValueError(f"`grid` must run from 1 to 0, got {times[0]} ... {times[-1]}.")
+    if num_steps is not None and check_int(num_steps, "num_steps") != times.shape[0] - 1:
+        raise ValueError(
+            f"`num_steps`={num_steps} does not match the {times.shape[0] - 1} steps of `grid`; "
+            "pass num_steps=None (or the grid's number of steps)."
+        )
+    return times
 
 
 def transition_from_velocity(

@@ -36,12 +36,21 @@ __all__ = [
     "straightness",
     "save_params",
     "load_params",
+    "load_reflow",
     "load_six_modes",
+    "weights_path",
+    "SHIPPED",
     "SIX_MODES_SHA256",
 ]
 
 #: sha256 of the shipped ``weights/reflow_six_modes.safetensors`` (checked on every load).
 SIX_MODES_SHA256 = "ee8f0596cdd9a5bdacd4dbce3fe55287881f50676603b60b378b9ca60020cfe1"
+#: The shipped reflow models: data mixture name (a function of :mod:`psijax.models.presets`)
+#: -> sha256 of ``weights/reflow_<name>.safetensors`` (checked on every load).
+SHIPPED = {
+    "six_modes": SIX_MODES_SHA256,
+    "unequal_six_modes": "a67ec51a5412d1d6ee15a572fb59aa632878fffdf24d90a069ae96bdd7e9c3fe",
+}
 _WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 
 
@@ -220,14 +229,32 @@ def load_params(path: str, sha256: str | None = None) -> tuple[dict, ReflowConfi
     return {k: jnp.asarray(v, jnp.float32) for k, v in tensors.items()}, config
 
 
-def load_six_modes() -> tuple[Callable, dict, ReflowConfig]:
-    """The shipped reflow model of the 2D six-mode preset (``presets.six_modes()``).
+def weights_path(name: str) -> str:
+    """Path of the shipped weights ``weights/reflow_<name>.safetensors`` (``name`` in
+    :data:`SHIPPED`)."""
+    if name not in SHIPPED:
+        raise ValueError(f"`name` must be one of {tuple(SHIPPED)}, got {name!r}.")
+    return os.path.join(_WEIGHTS, f"reflow_{name}.safetensors")
 
-    Trained by ``benchmarks/train_reflow.py --seed 0`` (3,000 Adam steps on 16,384 exact
+
+def load_reflow(name: str) -> tuple[Callable, dict, ReflowConfig]:
+    """A shipped reflow model of the 2D mixture ``presets.<name>()``, ``name`` in :data:`SHIPPED`.
+
+    ``"six_modes"`` (the equal-weight ring) and ``"unequal_six_modes"`` (weights 0.30 … 0.05,
+    the data of the ``unequal_rare_modes`` preset). Each was trained by
+    ``benchmarks/train_reflow.py --data <name> --seed 0`` (3,000 Adam steps on 16,384 exact
     flow-map pairs; about 20 s on 2 CPU cores). Returns ``(velocity_fn, params, config)``; the
-    file's sha256 is checked against :data:`SIX_MODES_SHA256`.
+    file's sha256 is checked against :data:`SHIPPED`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``name`` or a file that fails its integrity check.
     """
-    params, config = load_params(
-        os.path.join(_WEIGHTS, "reflow_six_modes.safetensors"), SIX_MODES_SHA256
-    )
+    params, config = load_params(weights_path(name), SHIPPED[name])
     return velocity_fn(params, config), params, config
+
+
+def load_six_modes() -> tuple[Callable, dict, ReflowConfig]:
+    """The shipped reflow model of the 2D six-mode preset: ``load_reflow("six_modes")``."""
+    return load_reflow("six_modes")

@@ -320,9 +320,7 @@ def get_scheme(name: str) -> Callable:
         return SCHEMES[name]
     except (KeyError, TypeError):
         allowed = ", ".join(repr(k) for k in SCHEMES)
-        raise ValueError(
-            f"Unknown resampling scheme {name!r}; expected one of {allowed}."
-        ) from None
+        raise ValueError(f"`resampling` must be one of {allowed}, got {name!r}.") from None
 
 
 def offspring_counts(ancestors: ArrayLike, n: int) -> Array:

@@ -33,10 +33,9 @@ PROBLEM = RewardProblem(MODEL.velocity, quadratic_reward(CENTER, PRECISION), (2,
 
 
 def prior_start(key, problem, num_particles):
-    """Prior draws ``x ~ N(0, I)`` with their consistent weights ``r(x̂0(x, 1))/α``."""
+    """Prior draws ``x ~ N(0, I)``: log-weights 0 relative to the prior."""
     x = jax.random.normal(key, (num_particles,) + problem.event_shape, jnp.float32)
-    rewards = jax.vmap(lambda y: problem.potential_and_grad(y, 1.0)[0])(x)
-    return x, rewards / problem.alpha
+    return x, jnp.zeros(num_particles)
 
 
 def run(key, problem=PROBLEM, num_particles=64, **kwargs):
@@ -74,8 +73,8 @@ def test_potential_and_grad_is_one_model_call_and_matches_closed_form():
 
     problem = RewardProblem(velocity, quadratic_reward(CENTER, PRECISION), (2,), ALPHA)
     x, t = jnp.array([0.3, -0.7]), 0.6
-    r, g, v = jax.jit(problem.potential_and_grad)(x, t)
-    assert len(calls) == 1
+    r, g, v, nfe = jax.jit(problem.potential_and_grad)(x, t)
+    assert len(calls) == 1 and nfe == 1
     k_mat, k_vec = MODEL.velocity_coefficients(t)
     x0 = np.asarray(x) - t * (k_mat @ np.asarray(x) + k_vec)
     grad_r = -PRECISION @ (x0 - CENTER)
@@ -85,22 +84,53 @@ def test_potential_and_grad_is_one_model_call_and_matches_closed_form():
     np.testing.assert_allclose(problem.predict_x0(x, t), x0, rtol=1e-5, atol=1e-6)
 
 
-def test_callable_predictor_and_flow_map_in_smc_raises():
+def test_callable_predictor_declares_its_cost():
     def tweedie(velocity_fn, x, t):
         return x - t * velocity_fn(x, t)
 
-    custom = RewardProblem(MODEL.velocity, PROBLEM.reward_fn, (2,), ALPHA, x0_predictor=tweedie)
+    def costly(velocity_fn, x, t):
+        return tweedie(velocity_fn, x, t), 7
+
     x = jnp.array([0.3, -0.7])
     expected = jax.jit(PROBLEM.potential_and_grad)(x, 0.5)
-    for a, b in zip(jax.jit(custom.potential_and_grad)(x, 0.5), expected, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6)
-    # SMC potentials through the flow map are not implemented (NotImplementedError, raised
-    # before anything is computed).
-    flow = RewardProblem(MODEL.velocity, PROBLEM.reward_fn, (2,), ALPHA, x0_predictor="flow_map")
-    with pytest.raises(NotImplementedError, match="tweedie"):
-        run_smc(
-            jax.random.key(0), flow, jnp.zeros((4, 2)), jnp.zeros(4), grid=GRID, diffusion=DIFFUSION
-        )
+    for predictor, cost in ((tweedie, 1), (costly, 7)):
+        custom = RewardProblem(MODEL.velocity, PROBLEM.reward_fn, (2,), ALPHA, predictor)
+        *values, nfe = jax.jit(custom.potential_and_grad)(x, 0.5)
+        for a, b in zip(values, expected[:3], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+        assert nfe == cost + 1  # the predictor's evaluations plus the velocity for the move
+    # Same weights as Tweedie; N·T potentials, each counted at 8 evaluations.
+    custom = RewardProblem(MODEL.velocity, PROBLEM.reward_fn, (2,), ALPHA, costly)
+    key = jax.random.key(4)
+    res, ref = jitted_run(problem=custom)(key), jitted_run()(key)
+    np.testing.assert_allclose(res.log_weights, ref.log_weights, rtol=1e-5, atol=1e-5)
+    assert res.nfe == 64 * NUM_STEPS * 8 and ref.nfe == 64 * NUM_STEPS
+
+
+def test_flow_map_predictor_in_smc_counts_every_ode_evaluation_and_stays_unbiased():
+    """Potentials through the flow map: the NFE is the sum of the solves' exact counts (each
+    potential costs its solve plus one velocity call) and ``Ẑ`` still targets ``Z_disc`` (the
+    potentials telescope to the exact final reward whatever the predictor)."""
+    options = {"rtol": 1e-4, "atol": 1e-4}
+    flow = RewardProblem(
+        MODEL.velocity, PROBLEM.reward_fn, (2,), ALPHA, "flow_map", flow_map_options=options
+    )
+    x = jnp.array([[0.3, -0.7], [1.2, 0.4]])
+    _, counts = jax.vmap(lambda y: flows.flow_map(MODEL.velocity, y, 1.0, **options))(x)
+    res = run_smc(jax.random.key(0), flow, x, grid=jnp.array([1.0, 0.0]), diffusion=DIFFUSION)
+    assert res.nfe == int(jnp.sum(counts)) + 2  # T = 1: the t_0 potentials only
+    assert int(jnp.min(counts)) > 5
+
+    def one(key):
+        k_init, k_run = jax.random.split(key)
+        x = jax.random.normal(k_init, (64, 2))
+        out = run_smc(k_run, flow, x, grid=GRID, diffusion=DIFFUSION)
+        return out.log_normalizer, out.nfe
+
+    log_z_hat, nfe = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(21), 128))
+    log_z_disc = MODEL.discretized_log_normalizer(GRID, DIFFUSION, CENTER, PRECISION, ALPHA)
+    assert abs(ratio_z(np.asarray(log_z_hat), log_z_disc)) < Z_GATE
+    assert np.all(np.asarray(nfe) > 64 * NUM_STEPS * 6)
 
 
 @pytest.mark.parametrize(
@@ -111,6 +141,8 @@ def test_callable_predictor_and_flow_map_in_smc_raises():
         ({"event_shape": (2, 0)}, "event_shape"),
         ({"event_shape": [2]}, "event_shape"),
         ({"x0_predictor": "euler"}, "x0_predictor"),
+        ({"flow_map_options": {"tol": 1e-3}}, "flow_map_options"),
+        ({"flow_map_options": 1e-3}, "flow_map_options"),
     ],
 )
 def test_problem_invalid_arguments_raise(kwargs, name):
@@ -146,6 +178,36 @@ def test_log_normalizer_is_unbiased_for_the_discretized_chain(proposal, threshol
         assert resampled.any() and not resampled.all()
     assert np.all(res.nfe == 64 * NUM_STEPS)
     np.testing.assert_allclose(np.exp(res.log_weights).sum(axis=1), 1.0, rtol=1e-5)  # normalized
+
+
+@pytest.mark.parametrize("potential", ["max", "sum", "current"])
+def test_fk_steering_potentials_keep_the_target(potential):
+    """FK steering's potentials with the bootstrap proposal, resampling every step: the last
+    potential divides by the earlier ones, so ``Ẑ`` is unbiased for ``Z_disc`` and
+    ``Ẑ·Σ W_i x_i / Z_disc`` is unbiased for the exact tilted mean of the discretized chain."""
+    # α = 0.5, not ALPHA: "sum" stacks T(T+1)/2 rewards into the path potential and its final
+    # correction, so its Ẑ grows heavy tails as α shrinks (sd(log Ẑ) 0.2 at α = 1, 0.8 at 0.3,
+    # and at α = 0.05 a sample mean hundreds of standard errors low: unbiased only in theory).
+    alpha = 0.5
+    problem = RewardProblem(MODEL.velocity, quadratic_reward(CENTER, PRECISION), (2,), alpha)
+    keys = jax.random.split(jax.random.key(8), 256)
+    fn = jax.vmap(
+        lambda k: run(k, problem, proposal="bootstrap", potential=potential, ess_threshold=1.0)
+    )
+    res = jax.tree.map(np.asarray, jax.jit(fn)(keys))
+    mean, _, log_z_disc = MODEL.tilted_final_distribution(GRID, DIFFUSION, CENTER, PRECISION, alpha)
+    z = ratio_z(res.log_normalizer, log_z_disc)
+    print(f"{potential}: sd(log Ẑ)={np.std(res.log_normalizer):.3f}, z={z:.2f}")
+    assert abs(z) < Z_GATE
+    assert np.std(res.log_normalizer) < 1.5
+    ratio = np.exp(np.asarray(res.log_normalizer, np.float64) - log_z_disc)
+    unbiased = ratio[:, None] * np.einsum("rn,rnd->rd", np.exp(res.log_weights), res.samples)
+    z_mean = (unbiased.mean(0) - mean) / (unbiased.std(0, ddof=1) / np.sqrt(len(ratio)))
+    assert np.all(np.abs(z_mean) < Z_GATE), z_mean
+    # The potential really was applied: the step increments are not the difference potential's.
+    ref = run(keys[0], problem, proposal="bootstrap", ess_threshold=1.0)
+    increments = res.info.log_normalizer_increments[0]
+    assert not np.allclose(increments, ref.info.log_normalizer_increments, atol=1e-2)
 
 
 @pytest.mark.parametrize("threshold", [0.5, 1.0])
@@ -208,6 +270,7 @@ def test_nan_reward_gives_zero_weight_and_the_run_completes():
         ({"schedule": jnp.linspace(-0.1, 1.0, NUM_STEPS + 1)}, "schedule"),
         ({"schedule": jnp.full(NUM_STEPS + 1, 0.5)}, "schedule"),
         ({"proposal": "guided"}, "proposal"),
+        ({"potential": "min"}, "potential"),
     ],
 )
 def test_invalid_configuration_raises(change, name):

@@ -1,0 +1,529 @@
+r"""Every alignment sampler at equal NFE on 2D Gaussian-mixture toys with exact targets.
+
+The study behind ``psijax demo`` and ``benchmarks/toy_gmm.py``. A *setting* is a toy preset of
+:mod:`psijax.models.presets` (data mixture, reward, ``α``, exact tilted target) paired with a
+model of the data:
+
+- ``"exact"``: the mixture's exact velocity. Its one-step Tweedie prediction ``x̂0(x, 1) = E[x0]``
+  is a constant, so Ψ-Sampler's ``π_init`` is the prior and its chains are pCN chains on
+  ``N(0, I)`` (ALGORITHMS.md §3); only the flow-map predictor makes the initial stage
+  reward-aware, at the cost of an ODE solve per evaluation.
+- ``"reflow"``: a shipped reflowed MLP (:func:`psijax.models.reflow.load_reflow`) whose one-step
+  prediction is sharp, the toy analog of timestep-distilled FLUX-schnell.
+
+A *method* is a name of :data:`psijax.align.SAMPLERS`, ``"tempered"`` (SMC from a tempered-SMC
+initial stage with pCNL moves), optionally suffixed ``"[flow_map]"`` for an initial stage that
+uses the flow-map predictor (the SMC keeps Tweedie).
+
+**Equal NFE** (:func:`sampler_options`). For a budget ``B`` and ``T`` steps: prior starts and
+best-of-N/DPS get ``N = ⌊B/T⌋`` particles, FreeDoM ``N = ⌊B/(T + K·W)⌋`` (``K`` repeats over the
+``W`` grid times in its window), initial-stage methods split ``B`` 50/50 (``nfe_budget``, the
+paper's layout at ``B = 1000``: 5 pCNL chains × (50 + 49 + 1) and 20 particles × 25 steps). The
+flow-map and tempered variants cannot be sized by NFE in advance: they get the same particle
+count and chain lengths, and the table reports the NFE they really spent.
+
+**Metrics** (:func:`evaluate`, ALGORITHMS.md §8), on the normalized weights ``w`` of the final
+particles against the exact target: ``E_w[r]``; MMD² with an RBF kernel at the fixed bandwidth
+:data:`FIXED_BANDWIDTH` and at the median heuristic; the energy distance; the total variation
+between the weighted mode occupancy (nearest data mode) and the target's exact occupancy under
+the same rule (:func:`exact_mode_occupancy`); the ESS ``1/Σw²``. MMD and energy distance are
+V-statistics (``biased=True``): the RKHS/energy distance of the weighted empirical measure
+itself, defined also for best-of-N's single kept sample; their floor at ``N`` exact i.i.d.
+samples is the ``exact target (iid)`` row. Seeds are aggregated as mean ± standard error.
+"""
+
+import functools
+import math
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from psijax import metrics
+from psijax.align import SAMPLERS, RewardProblem
+from psijax.flows.ode import flow_map
+from psijax.flows.sde import denoising_grid
+from psijax.models import presets, reflow
+
+__all__ = [
+    "MODELS",
+    "METRICS",
+    "FIXED_BANDWIDTH",
+    "FLOW_MAP_OPTIONS",
+    "FAST_COMPILE",
+    "ToySetting",
+    "Method",
+    "MethodRun",
+    "parse_method",
+    "default_methods",
+    "sampler_options",
+    "build_setting",
+    "make_problem",
+    "exact_mode_occupancy",
+    "evaluate",
+    "run_method",
+    "reference_rows",
+    "run_study",
+    "mean_and_se",
+    "aggregate",
+    "format_markdown",
+    "plot",
+]
+
+MODELS = ("exact", "reflow")
+REFLOW_DATA = {
+    "six_modes_quadratic": "six_modes",
+    "six_modes_mixture": "six_modes",
+    "unequal_rare_modes": "unequal_six_modes",
+}
+"""Preset → shipped reflow model of its data (:data:`psijax.models.reflow.SHIPPED`)."""
+METRICS = ("nfe", "num_particles", "ess", "reward", "mmd_fixed", "mmd_median", "energy", "mode_tv")
+FIXED_BANDWIDTH = 1.0
+"""RBF bandwidth of the fixed-bandwidth MMD: twice the modes' std (0.5), a quarter of their
+spacing (4), so it resolves mass within and between modes."""
+FLOW_MAP_OPTIONS = {"rtol": 1e-3, "atol": 1e-3}
+"""ODE tolerances of the flow-map predictor (Tsit5): looser than the library default, since
+``1e-3`` is far below the modes' std and halves the NFE of every flow-map evaluation."""
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+"""XLA options for the runs: compilation dominates these tiny programs on CPU, and the lowest
+backend optimization level compiles about 40 % faster for a similar run time."""
+GUIDANCE = ("dps", "freedom", "best_of_n")
+INITIAL_STAGE = ("psi_sampler", "top_k", "ula", "mala", "pcn", "tempered")
+_CHAINS = ("psi_sampler", "ula", "mala", "pcn")
+
+
+# -- methods and their sizes ---------------------------------------------------------------------
+class Method(NamedTuple):
+    """A row of the study: ``name`` as shown, the ``sampler`` of :data:`SAMPLERS` it calls, the
+    initial stage's ``init`` override (``"tempered"`` or None) and ``init_predictor``."""
+
+    name: str
+    sampler: str
+    init: str | None = None
+    init_predictor: str | None = None
+
+
+def parse_method(name: str) -> Method:
+    """``"psi_sampler"``, ``"tempered"``, ``"psi_sampler[flow_map]"``, … → :class:`Method`.
+
+    Raises ``ValueError`` for an unknown sampler or a flow-map suffix on a method without an
+    initial stage.
+    """
+    base, predictor = name, None
+    if name.endswith("[flow_map]"):
+        base, predictor = name[: -len("[flow_map]")], "flow_map"
+        if base not in INITIAL_STAGE:
+            raise ValueError(
+                f"'[flow_map]' needs an initial-stage method {INITIAL_STAGE}: {name!r}"
+            )
+    if base == "tempered":
+        return Method(name, "smc", "tempered", predictor)
+    if base not in SAMPLERS:
+        raise ValueError(
+            f"method must be one of {(*SAMPLERS, 'tempered')} (+ '[flow_map]'): {name!r}"
+        )
+    return Method(name, base, None, predictor)
+
+
+def default_methods(flow_map: bool = True) -> tuple[str, ...]:
+    """Every sampler of :data:`SAMPLERS`, ``"tempered"`` and (``flow_map``) the flow-map
+    variants of Ψ-Sampler and of the tempered initial stage."""
+    extra = ("psi_sampler[flow_map]", "tempered[flow_map]") if flow_map else ()
+    return (*SAMPLERS, "tempered", *extra)
+
+
+def sampler_options(
+    method: Method,
+    budget: int,
+    num_steps: int,
+    *,
+    num_chains: int = 5,
+    num_repeats: int = 3,
+    window: tuple[float, float] = (0.3, 0.7),
+) -> dict:
+    """Keyword arguments that give ``method`` the NFE budget ``B`` over ``T`` steps.
+
+    Prior starts and the Tweedie initial stages pass ``nfe_budget=B`` to the sampler. Guidance:
+    ``N = ⌊B/T⌋`` (DPS, best-of-N), ``N = ⌊B/(T + K·W)⌋`` (FreeDoM, ``W`` = grid times
+    ``t_i``, ``i < T``, in ``window``). Flow-map and tempered initial stages: the particle count
+    ``⌊(B − ⌊B/2⌋)/T⌋`` and chain layout that ``nfe_budget=B`` gives the Tweedie version
+    (chains ``m = ⌊⌊B/2⌋/C⌋ − 1`` steps, ``⌈m/2⌉`` burn-in, ``⌊m/2⌋`` kept; Top-K
+    ``max(⌊B/2⌋, N)`` candidates); their true NFE is read off the result.
+    """
+    if method.sampler in GUIDANCE:
+        per_particle = num_steps
+        if method.sampler == "freedom":
+            current = denoising_grid(num_steps, None)[:-1]
+            width = int(np.sum((current >= window[0]) & (current <= window[1])))
+            per_particle += num_repeats * width
+        return {"num_particles": _positive(budget // per_particle, method.name, budget)}
+    if method.init is None and method.init_predictor is None:
+        return {"nfe_budget": budget}
+    half = budget // 2
+    options = {"num_particles": _positive((budget - half) // num_steps, method.name, budget)}
+    if method.init is not None:
+        options["init"] = method.init
+    if method.init_predictor is not None:
+        options["init_predictor"] = method.init_predictor
+    if method.sampler in _CHAINS:
+        steps = half // num_chains - 1
+        options.update(num_chains=num_chains, num_kept=steps // 2, burn_in=steps - steps // 2)
+    elif method.sampler == "top_k":
+        options["num_candidates"] = max(half, options["num_particles"])
+    return options
+
+
+def _positive(n: int, name: str, budget: int) -> int:
+    if n < 1:
+        raise ValueError(f"budget {budget} is too small for one particle of {name!r}.")
+    return int(n)
+
+
+# -- settings: preset × model --------------------------------------------------------------------
+class ToySetting(NamedTuple):
+    """A preset with a model, and what the metrics compare against.
+
+    ``modes``: the data means (nearest-mode rule); ``mode_weights``: the exact target's
+    occupancy under that rule; ``reference``: exact target samples for MMD and energy
+    distance; ``reference_reward``: ``E_{p*}[r]`` from the large occupancy sample.
+    """
+
+    preset: str
+    model: str
+    toy: presets.ToyProblem
+    velocity_fn: Callable
+    modes: np.ndarray
+    mode_weights: np.ndarray
+    reference: jax.Array
+    reference_reward: float
+
+
+def exact_mode_occupancy(target, modes, rng_key, num_samples: int = 200_000) -> np.ndarray:
+    """Occupancy of ``modes`` under ``target`` by the nearest-mode rule of
+    :func:`psijax.metrics.mode_occupancy`, from ``num_samples`` exact draws.
+
+    It differs from the target's component weights only by the mass a component puts nearer
+    another mode (negligible for the ring presets: modes 8 data stds apart); its Monte Carlo
+    standard error is ``√(o(1 − o)/n)``.
+    """
+    x = target.sample(rng_key, num_samples)
+    return np.asarray(metrics.mode_occupancy(x, modes), np.float64)
+
+
+def build_setting(
+    preset: str,
+    model: str,
+    rng_key,
+    *,
+    reference_size: int = 2000,
+    occupancy_size: int = 200_000,
+) -> ToySetting:
+    """Load the preset, its model (``"exact"`` or ``"reflow"``) and the exact references."""
+    if model not in MODELS:
+        raise ValueError(f"`model` must be one of {MODELS}, got {model!r}.")
+    toy = presets.toy_problem(preset)
+    if model == "exact":
+        velocity = toy.data.velocity
+    elif preset in REFLOW_DATA:
+        velocity = reflow.load_reflow(REFLOW_DATA[preset])[0]
+    else:
+        raise ValueError(f"no shipped reflow model for {preset!r}; presets: {tuple(REFLOW_DATA)}")
+    key_occ, key_reward, key_ref = jax.random.split(rng_key, 3)
+    modes = np.asarray(toy.data.means)
+    occupancy = exact_mode_occupancy(toy.exact_target, modes, key_occ, occupancy_size)
+    draws = toy.exact_target.sample(key_reward, occupancy_size)
+    reward = float(jnp.mean(jax.jit(jax.vmap(toy.reward_fn))(draws)))
+    reference = toy.exact_target.sample(key_ref, reference_size)
+    return ToySetting(preset, model, toy, velocity, modes, occupancy, reference, reward)
+
+
+def make_problem(setting: ToySetting) -> RewardProblem:
+    """The :class:`RewardProblem` of a setting (Tweedie; flow-map tolerances
+    :data:`FLOW_MAP_OPTIONS` for initial stages that ask for the flow map)."""
+    toy = setting.toy
+    return RewardProblem(
+        setting.velocity_fn,
+        toy.reward_fn,
+        (toy.data.dim,),
+        toy.alpha,
+        flow_map_options=FLOW_MAP_OPTIONS,
+    )
+
+
+# -- metrics -------------------------------------------------------------------------------------
+def evaluate(setting: ToySetting, samples, log_weights, rewards) -> dict:
+    """Metrics of one weighted particle set against the setting's exact target (module doc)."""
+    values = _metrics(
+        samples,
+        log_weights,
+        rewards,
+        setting.reference,
+        jnp.asarray(setting.modes, jnp.float32),
+        jnp.asarray(setting.mode_weights, jnp.float32),
+    )
+    return {k: float(v) for k, v in values.items()}
+
+
+@jax.jit
+def _metrics(samples, log_weights, rewards, reference, modes, mode_weights):
+    w = jnp.exp(log_weights - jax.scipy.special.logsumexp(log_weights))
+    used = w > 0  # zero-weight particles may carry NaN: keep them out of every sum
+    x = jnp.where(used[:, None], samples, 0.0)
+    common = {"x_weights": w, "biased": True}
+    return {
+        "ess": 1.0 / jnp.sum(w**2),
+        "reward": jnp.sum(w * jnp.where(used, rewards, 0.0)),
+        "mmd_fixed": metrics.mmd(x, reference, bandwidth=FIXED_BANDWIDTH, **common),
+        "mmd_median": metrics.mmd(x, reference, bandwidth="median", **common),
+        "energy": metrics.energy_distance(x, reference, **common),
+        "mode_tv": metrics.mode_tv(x, modes, mode_weights, weights=w),
+    }
+
+
+# -- running -------------------------------------------------------------------------------------
+class MethodRun(NamedTuple):
+    """Per-seed metric rows of one method in one setting, the first seed's particles and
+    weights (for the figure), and timings: first call (compilation included) and the median
+    per-seed run after it, in seconds."""
+
+    rows: list
+    samples: np.ndarray
+    weights: np.ndarray
+    compile_s: float
+    run_s: float
+
+
+def run_method(
+    setting: ToySetting,
+    method: str | Method,
+    *,
+    budget: int,
+    num_steps: int = 25,
+    seeds: int = 10,
+    guidance_scale: float = 1.0,
+    compiler_options: dict | None = FAST_COMPILE,
+) -> MethodRun:
+    """Run ``method`` once per seed (one ``jit`` compilation, then a loop over seeds)."""
+    method = parse_method(method) if isinstance(method, str) else method
+    options = sampler_options(method, budget, num_steps)
+    if method.sampler in ("dps", "freedom"):
+        options["guidance_scale"] = guidance_scale
+    sampler, problem = SAMPLERS[method.sampler], make_problem(setting)
+    run = jax.jit(
+        lambda key: sampler(key, problem, num_steps=num_steps, **options),
+        compiler_options=compiler_options,
+    )
+    rows, times, first = [], [], None
+    for seed in range(seeds):
+        start = time.perf_counter()
+        result = jax.block_until_ready(run(jax.random.key(seed)))
+        times.append(time.perf_counter() - start)
+        first = result if first is None else first
+        row = {"preset": setting.preset, "model": setting.model, "budget": budget}
+        row |= {"method": method.name, "seed": seed, "nfe": int(result.nfe)}
+        row |= {"num_particles": int(result.samples.shape[0])}
+        rows.append(row | evaluate(setting, result.samples, result.log_weights, result.rewards))
+    weights = np.exp(np.asarray(first.log_weights, np.float64))
+    run_s = float(np.median(times[1:])) if seeds > 1 else math.nan
+    return MethodRun(rows, np.asarray(first.samples), weights, times[0], run_s)
+
+
+def reference_rows(setting: ToySetting, num_particles: int, *, budget: int, seeds: int) -> list:
+    """The metrics' floor: ``num_particles`` i.i.d. exact target draws per seed, uniform weights
+    (method ``"exact target (iid)"``, NFE 0)."""
+    target, rows = setting.toy.exact_target, []
+    reward_fn = jax.jit(jax.vmap(setting.toy.reward_fn))
+    for seed in range(seeds):
+        x = target.sample(jax.random.fold_in(jax.random.key(seed), 7), num_particles)
+        uniform = jnp.full((num_particles,), -math.log(num_particles))
+        row = {"preset": setting.preset, "model": setting.model, "budget": budget}
+        row |= {"method": "exact target (iid)", "seed": seed, "nfe": 0}
+        row |= {"num_particles": num_particles}
+        rows.append(row | evaluate(setting, x, uniform, reward_fn(x)))
+    return rows
+
+
+def run_study(
+    settings: list[ToySetting],
+    methods: tuple[str, ...],
+    *,
+    budget: int = 1000,
+    num_steps: int = 25,
+    seeds: int = 10,
+    guidance_scale: float = 1.0,
+    progress: bool = False,
+) -> tuple[list, dict, list]:
+    """Every method in every setting at one budget, plus the exact i.i.d. reference rows.
+
+    Returns ``(rows, particles, timings)``: per-seed metric rows, ``{(preset, model, budget,
+    method): (samples, weights)}`` of seed 0, and ``{preset, model, budget, method, compile_s,
+    run_s}`` rows. ``progress`` shows a tqdm bar over (setting, method).
+    """
+    parsed = [parse_method(m) for m in methods]
+    jobs = [(s, m) for s in settings for m in parsed]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc=f"toy study, B={budget}", unit="run")
+    rows, particles, timings = [], {}, []
+    for setting in settings:
+        n_ref = budget // num_steps
+        rows += reference_rows(setting, n_ref, budget=budget, seeds=seeds)
+        for method in parsed:
+            if bar is not None:
+                bar.set_postfix_str(f"{setting.preset}/{setting.model}/{method.name}")
+            out = run_method(
+                setting,
+                method,
+                budget=budget,
+                num_steps=num_steps,
+                seeds=seeds,
+                guidance_scale=guidance_scale,
+            )
+            key = (setting.preset, setting.model, budget, method.name)
+            rows += out.rows
+            particles[key] = (out.samples, out.weights)
+            timings.append(dict(zip(("preset", "model", "budget", "method"), key, strict=True)))
+            timings[-1] |= {"compile_s": out.compile_s, "run_s": out.run_s}
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
+    return rows, particles, timings
+
+
+# -- aggregation and reports ---------------------------------------------------------------------
+def mean_and_se(values) -> tuple[float, float]:
+    """Mean and standard error ``sd/√n`` (``ddof = 1``; NaN for ``n < 2``) of ``values``."""
+    v = np.asarray(values, np.float64)
+    se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
+    return float(v.mean()), se
+
+
+_KEYS = ("preset", "model", "budget", "method")
+
+
+def aggregate(rows: list, metric_names: tuple[str, ...] = METRICS) -> list:
+    """One row per (preset, model, budget, method), in first-seen order: ``seeds``, and for each
+    metric ``m`` its mean ``m`` and standard error ``m_se`` over seeds."""
+    groups = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in _KEYS), []).append(row)
+    summary = []
+    for key, group in groups.items():
+        out = dict(zip(_KEYS, key, strict=True)) | {"seeds": len(group)}
+        for name in metric_names:
+            out[name], out[f"{name}_se"] = mean_and_se([r[name] for r in group])
+        summary.append(out)
+    return summary
+
+
+def _fmt(mean: float, se: float) -> str:
+    """``mean ± se`` with the standard error to two significant digits."""
+    if not math.isfinite(mean):
+        return "n/a"
+    if not math.isfinite(se) or se == 0:
+        return f"{mean:.4g}"
+    digits = max(0, 1 - math.floor(math.log10(se)))
+    return f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+_COLUMNS = (
+    ("NFE", "nfe"),
+    ("N", "num_particles"),
+    ("ESS", "ess"),
+    ("E_w[r]", "reward"),
+    (f"MMD² (ℓ={FIXED_BANDWIDTH:g})", "mmd_fixed"),
+    ("MMD² (median ℓ)", "mmd_median"),
+    ("energy dist.", "energy"),
+    ("mode TV", "mode_tv"),
+)
+
+
+def format_markdown(summary: list, settings: list[ToySetting], num_steps: int = 25) -> str:
+    """One markdown table per (preset, model, budget): a line per method, ``mean ± SE``."""
+    blocks = []
+    tables = {tuple(r[k] for k in _KEYS[:3]): None for r in summary}
+    for preset, model, budget in tables:
+        (setting,) = [s for s in settings if (s.preset, s.model) == (preset, model)]
+        occupancy = ", ".join(f"{w:.3f}" for w in setting.mode_weights)
+        lines = [
+            f"### {preset} · {model} model · B = {budget} NFE, {num_steps} steps",
+            "",
+            f"Exact target: E[r] = {setting.reference_reward:.3f}; mode occupancy ({occupancy}).",
+            "",
+            "| method | " + " | ".join(c for c, _ in _COLUMNS) + " |",
+            "|---" * (len(_COLUMNS) + 1) + "|",
+        ]
+        for r in summary:
+            if (r["preset"], r["model"], r["budget"]) == (preset, model, budget):
+                cells = [_fmt(r[m], r[f"{m}_se"]) for _, m in _COLUMNS]
+                lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+# -- figure --------------------------------------------------------------------------------------
+def _model_samples(setting: ToySetting, rng_key, n: int) -> np.ndarray:
+    """Samples of the pretrained model: the data (exact model) or the reflow model's ODE."""
+    if setting.model == "exact":
+        return np.asarray(setting.toy.data.sample(rng_key, n))
+    x1 = jax.random.normal(rng_key, (n, setting.toy.data.dim))
+    fm = functools.partial(flow_map, setting.velocity_fn, t=1.0, **FLOW_MAP_OPTIONS)
+    return np.asarray(jax.jit(jax.vmap(lambda x: fm(x)[0]))(x1))
+
+
+def plot(
+    settings: list[ToySetting],
+    particles: dict,
+    methods: tuple[str, ...],
+    budget: int,
+    path: str,
+    num_points: int = 500,
+) -> None:
+    """The paper-style figure for one preset: a row per model; panels prior ``N(0, I)``,
+    pretrained model, exact target, then each method's seed-0 particles with marker area and
+    opacity ∝ weight (first two coordinates). Writes a PNG to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = ["prior N(0, I)", "pretrained model", "exact target", *methods]
+    fig, axes = plt.subplots(
+        len(settings), len(titles), figsize=(1.9 * len(titles), 2.1 * len(settings)), squeeze=False
+    )
+    key = jax.random.key(0)
+    for row, setting in zip(axes, settings, strict=True):
+        dim = setting.toy.data.dim
+        panels = [
+            np.asarray(jax.random.normal(key, (num_points, dim))),
+            _model_samples(setting, key, num_points),
+            np.asarray(setting.toy.exact_target.sample(key, num_points)),
+        ]
+        for ax, x in zip(row[:3], panels, strict=True):
+            ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.4, color="tab:blue", linewidths=0)
+        for ax, name in zip(row[3:], methods, strict=True):
+            x, w = particles[(setting.preset, setting.model, budget, name)]
+            _weighted_scatter(ax, x, w, panels[2])
+        for ax, title in zip(row, titles, strict=True):
+            ax.set(xlim=(-6.5, 6.5), ylim=(-6.5, 6.5), xticks=[], yticks=[], aspect="equal")
+            ax.set_title(title, fontsize=7)
+        row[0].set_ylabel(f"{setting.model} model", fontsize=8)
+    fig.suptitle(f"{settings[0].preset}: particles of seed 0 at B = {budget} NFE", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _weighted_scatter(ax, x, w, target) -> None:
+    """Target draws in grey, particles in red with area and opacity ∝ weight."""
+    ax.scatter(target[:, 0], target[:, 1], s=1, alpha=0.15, color="grey", linewidths=0)
+    keep = w > 0
+    x, w = x[keep], w[keep] / w[keep].max()
+    colors = np.zeros((w.size, 4))
+    colors[:, 0], colors[:, 3] = 0.8, np.clip(0.15 + 0.85 * w, 0, 1)
+    ax.scatter(x[:, 0], x[:, 1], s=4 + 40 * w, c=colors, linewidths=0)
