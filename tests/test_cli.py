@@ -1,7 +1,8 @@
-"""The ``psijax`` command line and the acceptance study behind ``psijax demo``."""
+"""The ``psijax`` command line: ``demo`` (the toy alignment study) and ``acceptance``."""
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -10,11 +11,79 @@ from psijax.cli import main
 from psijax.experiments import acceptance
 
 
-def test_demo_writes_results_and_shows_dimension_robustness(tmp_path, capsys):
-    """A small demo run writes CSV/JSON/PNG; pCNL keeps its acceptance as d grows, MALA does not."""
+def test_demo_writes_figure_table_and_json(tmp_path, capsys):
+    """A tiny demo (1 seed, 2 methods, B = 200, both models) writes a PNG, a markdown table with
+    every requested method per model and finite numbers, and strict JSON."""
     code = main(
         [
             "demo",
+            "--out",
+            str(tmp_path),
+            "--seeds",
+            "1",
+            "--methods",
+            "psi_sampler,smc",
+            "--budget",
+            "200",
+            "--occupancy-size",
+            "20000",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    assert (tmp_path / "toy_six_modes_mixture.png").stat().st_size > 10_000
+    table = (tmp_path / "toy.md").read_text()
+    for model in ("exact", "reflow"):
+        assert f"### six_modes_mixture · {model} model · B = 200 NFE" in table
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    body = [line for line in lines if not line.startswith("| method")]
+    names = ["psi_sampler", "smc", "exact target (iid)", "SMC limit (IS)"]
+    assert sorted(line.split(" | ")[0][2:] for line in body) == sorted(names * 2)
+    for line in body:
+        cells = [c.strip() for c in line.strip("| ").split(" | ")]
+        if cells[0] == "SMC limit (IS)":
+            assert cells[1] == "n/a"  # NFE: not a sampler run
+            cells = cells[1:]
+        assert all(math.isfinite(float(c.split(" ± ")[0])) for c in cells[1:]), line
+
+    record = json.loads((tmp_path / "toy.json").read_text())  # strict: NaN written as null
+    summary = record["summary"]
+    assert {(r["model"], r["method"]) for r in summary} == {
+        (m, k) for m in ("exact", "reflow") for k in names
+    }
+    for r in summary:
+        if r["method"] in ("psi_sampler", "smc"):
+            assert r["nfe"] == 200 and r["seeds"] == 1 and r["nfe_se"] is None
+            assert 0 <= r["mode_tv"] <= 1 and r["mmd_fixed"] >= 0
+    assert record["config"]["methods"] == ["psi_sampler", "smc"]
+    assert "| psi_sampler |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["demo", "--seeds", "0"], "--seeds"),
+        (["demo", "--methods", "hmc"], "--methods"),
+        (["demo", "--methods", "psi_sampler", "--budget", "10"], "too small"),
+        (["demo", "--models", "exact,teacher"], "--models"),
+        (["demo", "--preset", "anisotropic_coordinate"], "no reflow model"),
+        (["acceptance", "--chains", "0"], "--chains"),
+        (["acceptance", "--steps", "10", "--burn-in", "10"], "--burn-in"),
+        (["acceptance", "--step-sizes", "-1"], "--step-sizes"),
+        (["acceptance", "--dims", "0"], "--dims"),
+    ],
+)
+def test_cli_rejects_bad_arguments(argv, match):
+    with pytest.raises(SystemExit, match=f"psijax: .*{match}"):
+        main(argv)
+
+
+def test_acceptance_writes_results_and_shows_dimension_robustness(tmp_path, capsys):
+    """A small acceptance run writes CSV/JSON/PNG; pCNL keeps its acceptance as d grows, MALA
+    does not."""
+    code = main(
+        [
+            "acceptance",
             "--out",
             str(tmp_path),
             "--dims",
@@ -41,20 +110,6 @@ def test_demo_writes_results_and_shows_dimension_robustness(tmp_path, capsys):
     assert acc["ula", 8] is None or np.isnan(acc["ula", 8])  # n/a: ULA has no accept step
     out = capsys.readouterr().out
     assert "| pcnl | 0.5 |" in out and "n/a" in out
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["demo", "--chains", "0"],
-        ["demo", "--steps", "10", "--burn-in", "10"],
-        ["demo", "--step-sizes", "-1"],
-        ["demo", "--dims", "0"],
-    ],
-)
-def test_demo_rejects_bad_arguments(argv):
-    with pytest.raises(SystemExit, match="psijax: --"):
-        main(argv)
 
 
 def test_study_rejects_unknown_sampler():

@@ -30,6 +30,11 @@ the potential. With ``s_j = λ_j r_{t_j}(x_j)/α`` along a particle's path and
 - at the last step every potential is ``log G_T = r(x_T)/α − Ψ_{T−1}``, so the product of all
   potentials is ``e^{r(x_T)/α}`` and the target is ``p*_0`` whatever the choice.
 
+``Ẑ`` is unbiased for every choice, but the variance differs: ``"sum"`` stacks ``T(T+1)/2``
+rewards into ``Ψ`` and its final correction, so its weights grow heavy tails as ``α`` shrinks
+(measured on the linear-Gaussian test model, 10 steps: ``sd(log Ẑ)`` 0.2 at ``α = 1``, 0.8 at
+0.3, and at 0.05 a sample mean of ``Ẑ`` hundreds of standard errors below ``Z``).
+
 At ``t' = 0`` the reward is the exact ``r(x')`` (``x̂0(x', 0) = x'``; no model call).
 The initial log-weights are ``ℓ_0 = ℓ_init + log G_0``, ``log G_0 = s_0``, where ``ℓ_init``
 (``initial_log_weights``) says how the particles were drawn relative to the prior (0 for prior

@@ -29,10 +29,15 @@ between the weighted mode occupancy (nearest data mode) and the target's exact o
 the same rule (:func:`exact_mode_occupancy`); the ESS ``1/Σw²``. MMD and energy distance are
 V-statistics (``biased=True``): the RKHS/energy distance of the weighted empirical measure
 itself, defined also for best-of-N's single kept sample; their floor at ``N`` exact i.i.d.
-samples is the ``exact target (iid)`` row. Seeds are aggregated as mean ± standard error.
+samples is the ``exact target (iid)`` row (:func:`reference_rows`), and the limit of every SMC
+method as ``N → ∞`` is the ``SMC limit (IS)`` row (:func:`sampler_target_row`). Seeds are
+aggregated as mean ± standard error (:func:`psijax.experiments.toy_report.aggregate`, which
+also formats the tables and draws the figure).
+
+Every method is compiled once per setting and budget (``jax.jit`` with :data:`FAST_COMPILE`)
+and then looped over seeds: on CPU the compilation dominates, and a seed costs milliseconds.
 """
 
-import functools
 import math
 import time
 from typing import Callable, NamedTuple
@@ -43,7 +48,7 @@ import numpy as np
 
 from psijax import metrics
 from psijax.align import SAMPLERS, RewardProblem
-from psijax.flows.ode import flow_map
+from psijax.flows import sde
 from psijax.flows.sde import denoising_grid
 from psijax.models import presets, reflow
 
@@ -65,11 +70,8 @@ __all__ = [
     "evaluate",
     "run_method",
     "reference_rows",
+    "sampler_target_row",
     "run_study",
-    "mean_and_se",
-    "aggregate",
-    "format_markdown",
-    "plot",
 ]
 
 MODELS = ("exact", "reflow")
@@ -159,10 +161,19 @@ def sampler_options(
             width = int(np.sum((current >= window[0]) & (current <= window[1])))
             per_particle += num_repeats * width
         return {"num_particles": _positive(budget // per_particle, method.name, budget)}
-    if method.init is None and method.init_predictor is None:
+    prior_start = method.sampler in ("smc", "tds", "das", "fk_steering") and method.init is None
+    if prior_start:
+        _positive(budget // num_steps, method.name, budget)
         return {"nfe_budget": budget}
     half = budget // 2
     options = {"num_particles": _positive((budget - half) // num_steps, method.name, budget)}
+    if method.sampler in _CHAINS and half // num_chains - 1 < 2:
+        raise ValueError(
+            f"budget {budget} is too small for {num_chains} chains of {method.name!r} "
+            "(at least 3 evaluations each)."
+        )
+    if method.init is None and method.init_predictor is None:
+        return {"nfe_budget": budget}
     if method.init is not None:
         options["init"] = method.init
     if method.init_predictor is not None:
@@ -187,7 +198,7 @@ class ToySetting(NamedTuple):
 
     ``modes``: the data means (nearest-mode rule); ``mode_weights``: the exact target's
     occupancy under that rule; ``reference``: exact target samples for MMD and energy
-    distance; ``reference_reward``: ``E_{p*}[r]`` from the large occupancy sample.
+    distance; ``reference_reward``: ``E_{p*}[r]`` from ``occupancy_size`` exact draws.
     """
 
     preset: str
@@ -345,6 +356,40 @@ def reference_rows(setting: ToySetting, num_particles: int, *, budget: int, seed
     return rows
 
 
+def sampler_target_row(
+    setting: ToySetting, *, budget: int, num_steps: int = 25, num_samples: int = 10_000
+) -> dict:
+    """The limit of every SMC method as ``N → ∞``: the tilted law of the discretized sampler,
+    ``p_sde·e^{r/α}``, by self-normalized importance sampling of ``num_samples`` draws of the
+    ``T``-step stochastic sampler (reference diffusion, the SMC's grid) with weights
+    ``∝ e^{r/α}``; scored like a method (method ``"SMC limit (IS)"``, NFE NaN, one seed).
+
+    Its distance to the exact target is the share of every SMC method's error that more
+    particles cannot remove: discretization (small for the exact model) and, for the reflow
+    model, that the stochastic sampler of ALGORITHMS.md §2 reads a score off the velocity as
+    if the model were trained on independent (noise, data) pairs, which a reflowed model is not.
+    """
+    x = _sde_samples(setting, jax.random.key(11), num_samples, num_steps)
+    rewards = jax.jit(jax.vmap(setting.toy.reward_fn))(x)
+    log_w = rewards / setting.toy.alpha
+    row = {"preset": setting.preset, "model": setting.model, "budget": budget}
+    row |= {"method": "SMC limit (IS)", "seed": 0, "nfe": math.nan}
+    row |= {"num_particles": num_samples}
+    return row | evaluate(setting, x, log_w - jax.scipy.special.logsumexp(log_w), rewards)
+
+
+def _sde_samples(setting: ToySetting, rng_key, n: int, num_steps: int) -> jax.Array:
+    """``n`` draws of the ``num_steps``-step stochastic sampler of the setting's model."""
+    grid = denoising_grid(num_steps, None)
+    key_x, key_path = jax.random.split(rng_key)
+    x1 = jax.random.normal(key_x, (n, setting.toy.data.dim))
+
+    def one(key, x):
+        return sde.sample(key, setting.velocity_fn, x, grid, sde.reference_diffusion())
+
+    return jax.jit(jax.vmap(one))(jax.random.split(key_path, n), x1)
+
+
 def run_study(
     settings: list[ToySetting],
     methods: tuple[str, ...],
@@ -354,8 +399,11 @@ def run_study(
     seeds: int = 10,
     guidance_scale: float = 1.0,
     progress: bool = False,
+    sampler_target: bool = True,
 ) -> tuple[list, dict, list]:
-    """Every method in every setting at one budget, plus the exact i.i.d. reference rows.
+    """Every method in every setting at one budget, plus the reference rows: ``B/T`` exact
+    i.i.d. draws (:func:`reference_rows`) and, if ``sampler_target``, the SMC methods' limit
+    (:func:`sampler_target_row`).
 
     Returns ``(rows, particles, timings)``: per-seed metric rows, ``{(preset, model, budget,
     method): (samples, weights)}`` of seed 0, and ``{preset, model, budget, method, compile_s,
@@ -372,6 +420,8 @@ def run_study(
     for setting in settings:
         n_ref = budget // num_steps
         rows += reference_rows(setting, n_ref, budget=budget, seeds=seeds)
+        if sampler_target:
+            rows.append(sampler_target_row(setting, budget=budget, num_steps=num_steps))
         for method in parsed:
             if bar is not None:
                 bar.set_postfix_str(f"{setting.preset}/{setting.model}/{method.name}")
@@ -396,134 +446,3 @@ def run_study(
 
 
 # -- aggregation and reports ---------------------------------------------------------------------
-def mean_and_se(values) -> tuple[float, float]:
-    """Mean and standard error ``sd/√n`` (``ddof = 1``; NaN for ``n < 2``) of ``values``."""
-    v = np.asarray(values, np.float64)
-    se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
-    return float(v.mean()), se
-
-
-_KEYS = ("preset", "model", "budget", "method")
-
-
-def aggregate(rows: list, metric_names: tuple[str, ...] = METRICS) -> list:
-    """One row per (preset, model, budget, method), in first-seen order: ``seeds``, and for each
-    metric ``m`` its mean ``m`` and standard error ``m_se`` over seeds."""
-    groups = {}
-    for row in rows:
-        groups.setdefault(tuple(row[k] for k in _KEYS), []).append(row)
-    summary = []
-    for key, group in groups.items():
-        out = dict(zip(_KEYS, key, strict=True)) | {"seeds": len(group)}
-        for name in metric_names:
-            out[name], out[f"{name}_se"] = mean_and_se([r[name] for r in group])
-        summary.append(out)
-    return summary
-
-
-def _fmt(mean: float, se: float) -> str:
-    """``mean ± se`` with the standard error to two significant digits."""
-    if not math.isfinite(mean):
-        return "n/a"
-    if not math.isfinite(se) or se == 0:
-        return f"{mean:.4g}"
-    digits = max(0, 1 - math.floor(math.log10(se)))
-    return f"{mean:.{digits}f} ± {se:.{digits}f}"
-
-
-_COLUMNS = (
-    ("NFE", "nfe"),
-    ("N", "num_particles"),
-    ("ESS", "ess"),
-    ("E_w[r]", "reward"),
-    (f"MMD² (ℓ={FIXED_BANDWIDTH:g})", "mmd_fixed"),
-    ("MMD² (median ℓ)", "mmd_median"),
-    ("energy dist.", "energy"),
-    ("mode TV", "mode_tv"),
-)
-
-
-def format_markdown(summary: list, settings: list[ToySetting], num_steps: int = 25) -> str:
-    """One markdown table per (preset, model, budget): a line per method, ``mean ± SE``."""
-    blocks = []
-    tables = {tuple(r[k] for k in _KEYS[:3]): None for r in summary}
-    for preset, model, budget in tables:
-        (setting,) = [s for s in settings if (s.preset, s.model) == (preset, model)]
-        occupancy = ", ".join(f"{w:.3f}" for w in setting.mode_weights)
-        lines = [
-            f"### {preset} · {model} model · B = {budget} NFE, {num_steps} steps",
-            "",
-            f"Exact target: E[r] = {setting.reference_reward:.3f}; mode occupancy ({occupancy}).",
-            "",
-            "| method | " + " | ".join(c for c, _ in _COLUMNS) + " |",
-            "|---" * (len(_COLUMNS) + 1) + "|",
-        ]
-        for r in summary:
-            if (r["preset"], r["model"], r["budget"]) == (preset, model, budget):
-                cells = [_fmt(r[m], r[f"{m}_se"]) for _, m in _COLUMNS]
-                lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks)
-
-
-# -- figure --------------------------------------------------------------------------------------
-def _model_samples(setting: ToySetting, rng_key, n: int) -> np.ndarray:
-    """Samples of the pretrained model: the data (exact model) or the reflow model's ODE."""
-    if setting.model == "exact":
-        return np.asarray(setting.toy.data.sample(rng_key, n))
-    x1 = jax.random.normal(rng_key, (n, setting.toy.data.dim))
-    fm = functools.partial(flow_map, setting.velocity_fn, t=1.0, **FLOW_MAP_OPTIONS)
-    return np.asarray(jax.jit(jax.vmap(lambda x: fm(x)[0]))(x1))
-
-
-def plot(
-    settings: list[ToySetting],
-    particles: dict,
-    methods: tuple[str, ...],
-    budget: int,
-    path: str,
-    num_points: int = 500,
-) -> None:
-    """The paper-style figure for one preset: a row per model; panels prior ``N(0, I)``,
-    pretrained model, exact target, then each method's seed-0 particles with marker area and
-    opacity ∝ weight (first two coordinates). Writes a PNG to ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    titles = ["prior N(0, I)", "pretrained model", "exact target", *methods]
-    fig, axes = plt.subplots(
-        len(settings), len(titles), figsize=(1.9 * len(titles), 2.1 * len(settings)), squeeze=False
-    )
-    key = jax.random.key(0)
-    for row, setting in zip(axes, settings, strict=True):
-        dim = setting.toy.data.dim
-        panels = [
-            np.asarray(jax.random.normal(key, (num_points, dim))),
-            _model_samples(setting, key, num_points),
-            np.asarray(setting.toy.exact_target.sample(key, num_points)),
-        ]
-        for ax, x in zip(row[:3], panels, strict=True):
-            ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.4, color="tab:blue", linewidths=0)
-        for ax, name in zip(row[3:], methods, strict=True):
-            x, w = particles[(setting.preset, setting.model, budget, name)]
-            _weighted_scatter(ax, x, w, panels[2])
-        for ax, title in zip(row, titles, strict=True):
-            ax.set(xlim=(-6.5, 6.5), ylim=(-6.5, 6.5), xticks=[], yticks=[], aspect="equal")
-            ax.set_title(title, fontsize=7)
-        row[0].set_ylabel(f"{setting.model} model", fontsize=8)
-    fig.suptitle(f"{settings[0].preset}: particles of seed 0 at B = {budget} NFE", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _weighted_scatter(ax, x, w, target) -> None:
-    """Target draws in grey, particles in red with area and opacity ∝ weight."""
-    ax.scatter(target[:, 0], target[:, 1], s=1, alpha=0.15, color="grey", linewidths=0)
-    keep = w > 0
-    x, w = x[keep], w[keep] / w[keep].max()
-    colors = np.zeros((w.size, 4))
-    colors[:, 0], colors[:, 3] = 0.8, np.clip(0.15 + 0.85 * w, 0, 1)
-    ax.scatter(x[:, 0], x[:, 1], s=4 + 40 * w, c=colors, linewidths=0)
