@@ -36,7 +36,6 @@ kernel's info, or for MALA rebuilt from its key).
 """
 
 import math
-import numbers
 import types
 from typing import Callable, NamedTuple
 
@@ -47,7 +46,7 @@ import numpy as np
 from blackjax.mcmc.diffusions import overdamped_langevin
 from blackjax.types import Array, PRNGKey
 
-from psijax._checks import concrete_value
+from psijax._checks import check_int, concrete_value
 from psijax.align.problem import RewardProblem
 from psijax.mcmc import pcn, pcnl, ula
 from psijax.mcmc.adaptation import step_size_adaptation
@@ -432,12 +431,6 @@ def _reward_with_nfe(problem: RewardProblem) -> tuple[Callable, Callable]:
     return reward_and_nfe, lambda x: reward_and_nfe(jax.lax.stop_gradient(x))[1]
 
 
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be a Python int >= {minimum}, got {value!r}.")
-    return int(value)
-
-
 def _check_open(value, name: str, low: float, high: float) -> None:
     v = concrete_value(value, np.float64)  # a traced value cannot be checked here
     if v is not None and not (v.shape == () and low < v < high):
@@ -451,7 +444,7 @@ def _check_arguments(a: types.SimpleNamespace) -> int:
     if not isinstance(a.problem, RewardProblem):
         raise ValueError(f"`problem` must be a RewardProblem, got {type(a.problem).__name__}.")
     k, c, _, s, _ = (
-        _check_int(getattr(a, name), name, low)
+        check_int(getattr(a, name), name, low)
         for name, low in [
             ("num_particles", 1),
             ("num_chains", 1),
@@ -467,7 +460,7 @@ def _check_arguments(a: types.SimpleNamespace) -> int:
         _check_open(a.step_size, "step_size", 0.0, math.inf)
     elif a.method not in ("prior", "top_k"):
         _check_open(a.step_size, "step_size", 0.0, 4.0)
-    if a.num_candidates is not None and _check_int(a.num_candidates, "num_candidates", 1) < k:
+    if a.num_candidates is not None and check_int(a.num_candidates, "num_candidates", 1) < k:
         raise ValueError(f"`num_candidates` must be >= num_particles={k}, got {a.num_candidates}.")
     if a.on_too_few_states not in ("error", "more_chains"):
         raise ValueError(

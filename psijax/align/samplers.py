@@ -69,6 +69,7 @@ __all__ = [
     "freedom",
     "best_of_n",
     "das_schedule",
+    "budget_layout",
     "DEFAULT_NUM_PARTICLES",
 ]
 
@@ -279,13 +280,45 @@ pcn = _configured("pcn", "pCN chains (gradient-free) on ``π_init``, then twiste
 # ----------------------------------------------------------------------------------------------
 # Private helpers
 # ----------------------------------------------------------------------------------------------
+def budget_layout(
+    init: str, nfe_budget: int, num_steps: int, *, budget_split: float = 0.5, num_chains: int = 5
+) -> dict:
+    r"""The sizes that spend ``nfe_budget = B`` model evaluations with Tweedie predictors.
+
+    ``{"num_particles": N}`` with ``N = ⌊B/T⌋`` for a prior start and ``N = ⌊(B − ⌊sB⌋)/T⌋``
+    otherwise (``s = budget_split``); Top-K adds ``num_candidates = max(⌊sB⌋, N)``; chains add
+    ``burn_in = ⌈m/2⌉`` and ``num_kept = ⌊m/2⌋`` with ``m = ⌊⌊sB⌋/C⌋ − 1`` (each chain spends
+    ``m + 1`` evaluations with its initial state). The tempered stage gets ``N`` only (its cost
+    is adaptive). ``ValueError`` when the budget cannot pay for one particle or three
+    evaluations per chain.
+    """
+    budget = check_int(nfe_budget, "nfe_budget")
+    if init == "prior":
+        return {"num_particles": _at_least_one(budget // num_steps, budget)}
+    split = float(budget_split)
+    if not 0.0 < split < 1.0:
+        raise ValueError(f"`budget_split` must lie in (0, 1), got {budget_split!r}.")
+    init_budget = int(math.floor(split * budget))
+    layout = {"num_particles": _at_least_one((budget - init_budget) // num_steps, budget)}
+    if init == "top_k":
+        layout["num_candidates"] = max(init_budget, layout["num_particles"])
+    elif init in _CHAINS:
+        steps = init_budget // check_int(num_chains, "num_chains") - 1
+        if steps < 2:
+            raise ValueError(
+                f"`nfe_budget`={budget} leaves {init_budget} evaluations for {num_chains} chains: "
+                "fewer than 3 per chain (initial state, one burn-in and one kept step)."
+            )
+        layout.update(num_kept=steps // 2, burn_in=steps - steps // 2)
+    return layout
+
+
 def _budget(init, init_problem, problem, num_particles, num_steps, nfe_budget, split, options):
     """Resolve ``num_particles`` and the initial stage's sizes from ``nfe_budget``."""
     if nfe_budget is None:
         if num_particles is None:
             num_particles = DEFAULT_NUM_PARTICLES
         return check_int(num_particles, "num_particles"), options
-    budget = check_int(nfe_budget, "nfe_budget")
     if num_particles is not None:
         raise ValueError("Give `num_particles` or `nfe_budget`, not both.")
     if not (problem.is_tweedie and init_problem.is_tweedie):
@@ -298,34 +331,17 @@ def _budget(init, init_problem, problem, num_particles, num_steps, nfe_budget, s
             "`nfe_budget` cannot be split with init='tempered' (its number of temperatures is "
             "adaptive); give `num_particles` and read `result.nfe`."
         )
-    if init == "prior":
-        return _at_least_one(budget // num_steps, "nfe_budget", budget), options
-    split = float(split)
-    if not 0.0 < split < 1.0:
-        raise ValueError(f"`budget_split` must lie in (0, 1), got {split!r}.")
-    init_budget = int(math.floor(split * budget))
-    num_particles = _at_least_one((budget - init_budget) // num_steps, "nfe_budget", budget)
-    if init == "top_k":
-        if "num_candidates" in options:
-            raise ValueError("Give `num_candidates` or `nfe_budget`, not both.")
-        options["num_candidates"] = max(init_budget, num_particles)
-    elif init in _CHAINS:
-        for name in ("burn_in", "num_kept"):
-            if name in options:
-                raise ValueError(f"Give `{name}` or `nfe_budget`, not both.")
-        num_chains = options.get("num_chains", 5)
-        steps = init_budget // check_int(num_chains, "num_chains") - 1
-        if steps < 2:
-            raise ValueError(
-                f"`nfe_budget`={budget} leaves {init_budget} evaluations for {num_chains} chains: "
-                "fewer than 3 per chain (initial state, one burn-in and one kept step)."
-            )
-        options["num_kept"] = steps // 2
-        options["burn_in"] = steps - steps // 2
-    return num_particles, options
+    layout = budget_layout(
+        init, nfe_budget, num_steps, budget_split=split, num_chains=options.get("num_chains", 5)
+    )
+    num_particles = layout.pop("num_particles")
+    for name in layout:
+        if name in options:
+            raise ValueError(f"Give `{name}` or `nfe_budget`, not both.")
+    return num_particles, {**options, **layout}
 
 
-def _at_least_one(value: int, name: str, budget: int) -> int:
+def _at_least_one(value: int, budget: int) -> int:
     if value < 1:
-        raise ValueError(f"`{name}`={budget} is too small for one particle over the grid.")
+        raise ValueError(f"`nfe_budget`={budget} is too small for one particle over the grid.")
     return int(value)

@@ -65,6 +65,7 @@ from psijax.align.result import AlignmentResult
 from psijax.flows.sde import Diffusion, Transition, denoising_grid, transition_from_velocity
 from psijax.smc.resampling import get_scheme
 from psijax.smc.weights import (
+    check_threshold,
     ess,
     log_mean_exp,
     log_normalizer_increment,
@@ -171,7 +172,9 @@ def run_smc(
     times = denoising_grid(None, grid)
     num_steps = times.shape[0] - 1
     lambdas = _checked_schedule(schedule, num_steps)
-    threshold = _checked_threshold(ess_threshold)
+    threshold = check_threshold(ess_threshold, "ess_threshold")
+    if threshold is None:
+        raise ValueError("`ess_threshold` must be concrete (not traced).")
 
     x = jnp.asarray(initial_particles)
     event_shape = tuple(problem.event_shape)
@@ -222,7 +225,12 @@ def run_smc(
         s = new.path_potential  # s_{i+1}, set by `evaluate`
         if potential == "difference":
             return s - cache.path_potential, s, s
-        stat = {"max": jnp.maximum(cache.stat, s), "sum": cache.stat + s, "current": s}[potential]
+        if potential == "max":
+            stat = jnp.maximum(cache.stat, s)
+        elif potential == "sum":
+            stat = cache.stat + s
+        else:  # "current"
+            stat = s
         return stat, cache.path_potential + stat, stat
 
     def step(carry, inputs, last: bool):
@@ -332,15 +340,3 @@ def _checked_schedule(schedule, num_steps: int) -> np.ndarray:
     if lambdas[-1] != 1.0:
         raise ValueError(f"`schedule` must end at λ_T = 1 (the target p*), got {lambdas[-1]}.")
     return lambdas
-
-
-def _checked_threshold(threshold) -> float:
-    try:
-        value = float(threshold)
-    except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
-        raise ValueError(
-            f"`ess_threshold` must be a number in [0, 1], got {threshold!r}."
-        ) from None
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"`ess_threshold` must be in [0, 1], got {threshold!r}.")
-    return value

@@ -48,6 +48,7 @@ import numpy as np
 
 from psijax import metrics
 from psijax.align import SAMPLERS, RewardProblem
+from psijax.align.samplers import budget_layout
 from psijax.flows import sde
 from psijax.flows.sde import denoising_grid
 from psijax.models import presets, reflow
@@ -93,7 +94,6 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 backend optimization level compiles about 40 % faster for a similar run time."""
 GUIDANCE = ("dps", "freedom", "best_of_n")
 INITIAL_STAGE = ("psi_sampler", "top_k", "ula", "mala", "pcn", "tempered")
-_CHAINS = ("psi_sampler", "ula", "mala", "pcn")
 
 
 # -- methods and their sizes ---------------------------------------------------------------------
@@ -161,29 +161,23 @@ def sampler_options(
             width = int(np.sum((current >= window[0]) & (current <= window[1])))
             per_particle += num_repeats * width
         return {"num_particles": _positive(budget // per_particle, method.name, budget)}
-    prior_start = method.sampler in ("smc", "tds", "das", "fk_steering") and method.init is None
-    if prior_start:
-        _positive(budget // num_steps, method.name, budget)
-        return {"nfe_budget": budget}
-    half = budget // 2
-    options = {"num_particles": _positive((budget - half) // num_steps, method.name, budget)}
-    if method.sampler in _CHAINS and half // num_chains - 1 < 2:
-        raise ValueError(
-            f"budget {budget} is too small for {num_chains} chains of {method.name!r} "
-            "(at least 3 evaluations each)."
-        )
     if method.init is None and method.init_predictor is None:
+        # The sampler splits the budget itself; the layout call only checks it is large enough.
+        budget_layout(_INIT.get(method.sampler, "prior"), budget, num_steps, num_chains=num_chains)
         return {"nfe_budget": budget}
+    init = method.init or _INIT[method.sampler]
+    options = budget_layout(init, budget, num_steps, num_chains=num_chains)
+    if init in ("pcnl", "pcn", "mala", "ula"):
+        options["num_chains"] = num_chains
     if method.init is not None:
         options["init"] = method.init
     if method.init_predictor is not None:
         options["init_predictor"] = method.init_predictor
-    if method.sampler in _CHAINS:
-        steps = half // num_chains - 1
-        options.update(num_chains=num_chains, num_kept=steps // 2, burn_in=steps - steps // 2)
-    elif method.sampler == "top_k":
-        options["num_candidates"] = max(half, options["num_particles"])
     return options
+
+
+_INIT = {"psi_sampler": "pcnl", "top_k": "top_k", "ula": "ula", "mala": "mala", "pcn": "pcn"}
+"""The initial stage of each initial-stage sampler of :data:`SAMPLERS`."""
 
 
 def _positive(n: int, name: str, budget: int) -> int:

@@ -238,14 +238,18 @@ def resample_if_needed(
     return ResampleResult(new_particles, new_log_weights, ancestors, resampled, ess_value)
 
 
-def check_threshold(threshold: float) -> None:
-    """Raise ``ValueError`` unless ``0 ≤ threshold ≤ 1`` (skipped for traced values)."""
+def check_threshold(threshold: float, name: str = "threshold") -> float | None:
+    """``threshold`` as a float, raising ``ValueError`` naming ``name`` unless it is a number in
+    ``[0, 1]``; ``None`` for a traced value (it cannot be checked)."""
     try:
         value = float(threshold)
-    except (TypeError, jax.errors.ConcretizationTypeError):
-        return
+    except jax.errors.ConcretizationTypeError:
+        return None
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a number in [0, 1], got {threshold!r}.") from None
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"`threshold` must be in [0, 1], got {threshold!r}.")
+        raise ValueError(f"`{name}` must be in [0, 1], got {threshold!r}.")
+    return value
 
 
 def _ess_from_weights(weights: Array) -> Array:
