@@ -15,6 +15,8 @@ __all__ = ["concrete_value", "check_int"]
 
 def concrete_value(value, dtype=None) -> np.ndarray | None:
     """``np.asarray(value, dtype)``, or ``None`` when ``value`` is traced (no value to check)."""
+    if isinstance(value, jax.core.Tracer):  # cheap: no error message built over the jaxpr
+        return None
     try:
         return np.asarray(value, dtype)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):

@@ -1,0 +1,130 @@
+"""Architecture of the FLUX.1 transformer: :class:`FluxConfig` and its presets.
+
+The fields carry BFL's names (``flux/model.py``'s ``FluxParams``). ``out_channels`` is separate
+from ``in_channels`` because the fill/depth/canny variants take 384 or 128 input channels and
+return 64. Presets:
+
+- ``schnell`` and ``dev``: the released 12 B models (19 double + 38 single blocks, hidden 3072,
+  24 heads of 128; ``dev`` embeds a guidance value).
+- ``tiny``: diffusers' own unit-test configuration (4 channels, 1 + 1 blocks, 2 heads of 16).
+- ``tiny64``: the benchmark model of ``benchmarks/psi_flux.py`` (64 channels, 2 + 2 blocks,
+  4 heads of 16).
+"""
+
+import dataclasses
+
+from psijax._checks import check_int
+
+__all__ = ["FluxConfig", "PRESETS", "preset"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FluxConfig:
+    """The hyper-parameters of a FLUX transformer (hashable, so usable as a static argument).
+
+    Attributes:
+        in_channels: channels of a packed image token (64 = 16 latent channels × 2 × 2).
+        out_channels: channels of the predicted velocity per token.
+        vec_in_dim: width of the pooled text vector (CLIP-L: 768).
+        context_in_dim: width of the text hidden states (T5-XXL: 4096).
+        hidden_size: model width; ``num_heads · head_dim``.
+        mlp_ratio: MLP width over ``hidden_size``.
+        num_heads: attention heads.
+        depth: double-stream blocks.
+        depth_single_blocks: single-stream blocks.
+        axes_dim: RoPE widths of the three id axes; their sum is the head dim.
+        theta: RoPE base.
+        qkv_bias: whether the qkv projections have a bias.
+        guidance_embed: whether a guidance value is embedded (FLUX-dev).
+    """
+
+    in_channels: int = 64
+    out_channels: int = 64
+    vec_in_dim: int = 768
+    context_in_dim: int = 4096
+    hidden_size: int = 3072
+    mlp_ratio: float = 4.0
+    num_heads: int = 24
+    depth: int = 19
+    depth_single_blocks: int = 38
+    axes_dim: tuple[int, ...] = (16, 56, 56)
+    theta: int = 10_000
+    qkv_bias: bool = True
+    guidance_embed: bool = False
+
+    def __post_init__(self):
+        for name in ("in_channels", "out_channels", "vec_in_dim", "context_in_dim"):
+            check_int(getattr(self, name), name)
+        check_int(self.hidden_size, "hidden_size")
+        check_int(self.num_heads, "num_heads")
+        check_int(self.depth, "depth", minimum=0)
+        check_int(self.depth_single_blocks, "depth_single_blocks", minimum=0)
+        check_int(self.theta, "theta")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_heads` "
+                f"({self.num_heads})."
+            )
+        axes = tuple(self.axes_dim)
+        if len(axes) != 3 or any(
+            isinstance(a, bool) or not isinstance(a, int) or a < 2 or a % 2 for a in axes
+        ):
+            raise ValueError(
+                "`axes_dim` must be three even ints >= 2 (RoPE rotates pairs), "
+                f"got {self.axes_dim!r}."
+            )
+        if sum(axes) != self.head_dim:
+            raise ValueError(
+                f"`axes_dim` must sum to the head dim hidden_size/num_heads = {self.head_dim}, "
+                f"got {self.axes_dim!r} (sum {sum(axes)})."
+            )
+        object.__setattr__(self, "axes_dim", axes)
+        if not (self.mlp_ratio > 0 and float(self.hidden_size * self.mlp_ratio).is_integer()):
+            raise ValueError(
+                f"`mlp_ratio` must be > 0 with hidden_size·mlp_ratio an integer, "
+                f"got {self.mlp_ratio!r}."
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def mlp_hidden_dim(self) -> int:
+        return int(self.hidden_size * self.mlp_ratio)
+
+    def replace(self, **changes) -> "FluxConfig":
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS = {
+    "schnell": FluxConfig(),
+    "dev": FluxConfig(guidance_embed=True),
+    "tiny": FluxConfig(
+        in_channels=4,
+        out_channels=4,
+        vec_in_dim=32,
+        context_in_dim=32,
+        hidden_size=32,
+        num_heads=2,
+        depth=1,
+        depth_single_blocks=1,
+        axes_dim=(4, 4, 8),
+    ),
+    "tiny64": FluxConfig(
+        vec_in_dim=32,
+        context_in_dim=32,
+        hidden_size=64,
+        num_heads=4,
+        depth=2,
+        depth_single_blocks=2,
+        axes_dim=(4, 6, 6),
+    ),
+}
+
+
+def preset(name: str, **changes) -> FluxConfig:
+    """The named :data:`PRESETS` entry, with ``changes`` applied (e.g. ``guidance_embed=True``)."""
+    if name not in PRESETS:
+        raise ValueError(f"`name` must be one of {sorted(PRESETS)}, got {name!r}.")
+    return PRESETS[name].replace(**changes)
