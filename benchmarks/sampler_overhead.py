@@ -8,8 +8,11 @@ and chains one at a time, measures 2.2× and 1.8× (quoted, not measured here).
 Model (``--model``): ``mlp`` is a stand-in rectified-flow velocity ``v(x, t)`` on one sample of
 ``d = 4096`` (a 64×64 latent): a plain MLP 4096 → 8192 (×8) → 4096 with SiLU activations and a
 sinusoidal time embedding added to the first hidden layer, ≈ 1.07 GFLOP forward per sample
-(exact counts in the output), random float32 weights (2.1 GB). ``flux-tiny`` is reserved for a
-tiny FLUX once the FLUX port exists (not yet available: the switch names it and stops).
+(exact counts in the output), random float32 weights (2.1 GB). ``flux-tiny`` is the FLUX port's
+``tiny64`` preset (2 double + 2 single blocks, 4 heads of 16, hidden 64, 64 channels, guidance
+off) on a 16×16 grid of packed tokens with 32 random text tokens (d = 256·64 = 16384, random
+seeded weights), through ``flux.to_velocity_fn``: its ``Partial`` (weights and conditioning as
+leaves) is passed to the jitted functions as an argument, like the MLP's weights.
 The reward is ``r(x0) = −mean((x0 − c)²)`` of the Tweedie prediction ``x0 = x − t·v(x, t)``.
 
 Measured, all jitted, medians after compilation with the calls interleaved:
@@ -33,8 +36,9 @@ is reported: on a shared machine it does not count the time spent waiting for a 
 Defaults N = 20, T = 5, C = 5, K = 5 (the per-step ratios do not depend on T or K; ~4–6 min
 on 2 cores); ``--steps 10 --pcnl-steps 10`` for longer runs.
 
-Writes benchmarks/results/sampler_overhead.{csv,md}.
-Usage: python benchmarks/sampler_overhead.py [--quick] [--model mlp]
+Writes benchmarks/results/sampler_overhead.{csv,md} (``--model mlp``) or
+benchmarks/results/sampler_overhead_flux_tiny.{csv,md} (``--model flux-tiny``).
+Usage: python benchmarks/sampler_overhead.py [--quick] [--model mlp|flux-tiny]
 """
 
 import argparse
@@ -106,19 +110,118 @@ def mlp_model(dim: int, hidden: int, depth: int, seed: int = 0):
     desc = {
         "model": f"mlp {dim}→{hidden}(×{depth})→{dim}",
         "dim": dim,
+        "event_shape": (dim,),
         "forward_gflop": 2 * macs / 1e9,  # per sample, the matmuls (time embedding aside)
         "time_embedding_mflop": 2 * TIME_FEATURES * hidden / 1e6,  # once per batch (t shared)
         "weights_gb": 4 * num_params / 1e9,
+        "about": f"mlp {dim}→{hidden}(×{depth})→{dim}, SiLU, sinusoidal time embedding",
+        "dots_rule": "forward and backward of every layer, and the time embedding",
+        "shared_dots": 0,
+        "shared_rule": "",
+        "flop_rule": "2·Σ fan_in·fan_out",
+        "per_batch_rule": "the time embedding",
     }
     return params, velocity, desc
 
 
-def flux_tiny_model(*_args, **_kwargs):
-    """A tiny FLUX through the FLUX port — the port does not exist yet."""
-    raise SystemExit(
-        "--model flux-tiny: the FLUX port does not exist yet; this row comes with the port. "
-        "Use --model mlp."
+FLUX_TEXT_TOKENS = 32
+
+
+def flux_flops(config, num_img: int, num_txt: int) -> tuple[float, float]:
+    """MACs of one forward: per sample (image-dependent) and per batch (time/text only).
+
+    Per sample: ``img_in``, every block's projections and MLPs over all ``L = L_img + L_txt``
+    tokens (the text stream joins the image in the first attention), the attention products
+    ``QKᵀ`` and ``PV`` (``2·L²·hidden``), the last layer on the image tokens. Per batch (the
+    fast path computes it once per time under ``vmap``): the time and pooled-text embeddings,
+    the text projection and every modulation linear.
+    """
+    h, mlp, n = config.hidden_size, config.mlp_hidden_dim, num_img + num_txt
+    attention = 2 * n * n * h
+    double = n * (3 * h * h + h * h + 2 * h * mlp) + attention
+    single = n * (h * (3 * h + mlp) + (h + mlp) * h) + attention
+    per_sample = (
+        num_img * config.in_channels * h
+        + config.depth * double
+        + config.depth_single_blocks * single
+        + num_img * h * config.out_channels
     )
+    embed = 256 * h + h * h + config.vec_in_dim * h + h * h
+    if config.guidance_embed:
+        embed += 256 * h + h * h
+    per_batch = (
+        embed
+        + num_txt * config.context_in_dim * h
+        + config.depth * 2 * h * 6 * h
+        + config.depth_single_blocks * h * 3 * h
+        + h * 2 * h
+    )
+    return per_sample, per_batch
+
+
+def flux_tiny_model(_dim: int, _hidden: int, _depth: int, seed: int = 0, latent: int = 32):
+    """The FLUX port's ``tiny64`` at ``(latent/2)²`` packed tokens, random seeded weights.
+
+    ``params = {"velocity": Partial, "target": c}``: the ``Partial`` of
+    :func:`psijax.models.flux.to_velocity_fn` holds the weights and the conditioning as leaves,
+    so they enter the jitted functions as arguments (never baked into the HLO).
+    """
+    from flax import nnx
+
+    from psijax.models import flux
+
+    config = flux.preset("tiny64")
+    model = flux.Flux(config, rngs=nnx.Rngs(seed))
+    rng = np.random.default_rng(seed)
+    cond = flux.conditioning(
+        rng.standard_normal((FLUX_TEXT_TOKENS, config.context_in_dim), np.float32),
+        rng.standard_normal(config.vec_in_dim, np.float32),
+        flux.image_ids(latent, latent),
+    )
+    tokens = (latent // 2) ** 2
+    target = jnp.asarray(rng.standard_normal((tokens, config.out_channels), np.float32))
+    params = {"velocity": flux.to_velocity_fn(model, cond), "target": target}
+
+    def velocity(params, x, t):
+        return params["velocity"](x, t)
+
+    per_sample, per_batch = flux_flops(config, tokens, FLUX_TEXT_TOKENS)
+    num_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(nnx.state(model)))
+    desc = {
+        "model": f"flux tiny64 {tokens}+{FLUX_TEXT_TOKENS} tokens",
+        "dim": tokens * config.out_channels,
+        "event_shape": (tokens, config.out_channels),
+        "forward_gflop": 2 * per_sample / 1e9,
+        "time_embedding_mflop": 2 * per_batch / 1e6,
+        "weights_gb": 4 * num_params / 1e9,
+        "about": (
+            f"the FLUX port's tiny64 ({config.depth} double + {config.depth_single_blocks} single "
+            f"blocks, {config.num_heads} heads of {config.head_dim}, hidden "
+            f"{config.hidden_size}, guidance off) on {tokens} image tokens of "
+            f"{config.out_channels} channels and {FLUX_TEXT_TOKENS} random text tokens, "
+            "`flux.to_velocity_fn` (fast path, float32, blocks scanned), random seeded weights"
+        ),
+        "dots_rule": (
+            "the blocks are scanned, so each block kind's forward and backward dots appear once "
+            "in their while bodies whatever the depth; plus img_in, the last layer, the "
+            "time/text embeddings and the modulation linears, and the attention products"
+        ),
+        # txt_in and vector_in (2 linears) do not depend on t: XLA computes them once for both
+        # model passes of run_smc (common-subexpression elimination).
+        "shared_dots": 3,
+        "shared_rule": (
+            "; minus 3: the text projection and the pooled-text embedding do not depend on t, "
+            "and XLA computes them once for both passes"
+        ),
+        "flop_rule": (
+            "projections and MLPs of every block over all image + text tokens, attention "
+            "products 2·L²·hidden per block, img_in and the last layer"
+        ),
+        "per_batch_rule": (
+            "time and pooled-text embeddings, text projection and every modulation linear"
+        ),
+    }
+    return params, velocity, desc
 
 
 MODELS = {"mlp": mlp_model, "flux-tiny": flux_tiny_model}
@@ -133,7 +236,7 @@ def make_problem(velocity, params, reward_fn=reward) -> RewardProblem:
     return RewardProblem(
         lambda x, t: velocity(params, x, t),
         lambda x0: reward_fn(params, x0),
-        (params["target"].shape[0],),
+        tuple(params["target"].shape),
         alpha=ALPHA,
     )
 
@@ -287,13 +390,18 @@ def measure(args) -> tuple[list[dict], dict]:
         dim, hidden, depth = args.dim, args.hidden, args.depth
     n, c, num_steps, k_steps = args.particles, args.chains, args.steps, args.pcnl_steps
     start = time.perf_counter()
-    params, velocity, desc = MODELS[args.model](dim, hidden, depth)
+    if args.model == "flux-tiny":  # fixed architecture; --quick halves the token grid side
+        params, velocity, desc = flux_tiny_model(
+            dim, hidden, depth, latent=16 if args.quick else 32
+        )
+    else:
+        params, velocity, desc = MODELS[args.model](dim, hidden, depth)
     jax.block_until_ready(params)
     print(f"{desc} (weights drawn in {time.perf_counter() - start:.1f} s)", flush=True)
 
     key = jax.random.key(args.seed)
     k_x, k_smc, k_chain = jax.random.split(key, 3)
-    xs = jax.random.normal(k_x, (n, dim), jnp.float32)
+    xs = jax.random.normal(k_x, (n, *desc["event_shape"]), jnp.float32)
     log_w = jnp.zeros((n,), jnp.float32)  # prior draws (zeros in either weight convention)
     chains_x = xs[:c]
     t_mid = jnp.float32(0.5)
@@ -359,7 +467,7 @@ def measure(args) -> tuple[list[dict], dict]:
         step, step_cpu = wall[run] / steps, cpu[run] / steps
         return {
             "model": desc["model"],
-            "dim": dim,
+            "dim": desc["dim"],
             "forward_gflop_per_sample": round(desc["forward_gflop"], 4),
             "sampler": sampler,
             "batch": batch,
@@ -454,13 +562,13 @@ def notes(args, rows: list[dict], extra: dict) -> list[str]:
         for r, thr in zip(smc_rows, THRESHOLDS, strict=True)
     )
     return [
-        f"Model `--model {args.model}`: {desc['model']}, SiLU, sinusoidal time embedding; "
-        f"{desc['forward_gflop']:.4f} GFLOP forward per sample from the layer sizes "
-        f"(2·Σ fan_in·fan_out; the time embedding, {desc['time_embedding_mflop']:.1f} MFLOP, "
-        f"runs once per batch since t is shared), so ≈ {2 * desc['forward_gflop']:.2f} GFLOP per "
-        f"value_and_grad (forward + input-gradient backward); float32 weights, "
-        f"{desc['weights_gb']:.2f} GB. Reward −mean((x̂0 − c)²), α = {ALPHA}. The tiny-FLUX row "
-        "(`--model flux-tiny`) comes with the FLUX port, which does not exist yet.",
+        f"Model `--model {args.model}`: {desc['about']}; {desc['forward_gflop']:.4f} GFLOP "
+        f"forward per sample from the layer sizes ({desc['flop_rule']}; the time-only work — "
+        f"{desc['per_batch_rule']}, {desc['time_embedding_mflop']:.1f} MFLOP — runs once per "
+        f"batch since t is shared), so ≈ {2 * desc['forward_gflop']:.2f} GFLOP per "
+        f"value_and_grad (forward + input-gradient backward, counted as 2× forward in the "
+        f"GFLOP/s figures); float32 weights, {desc['weights_gb']:.4f} GB. Reward "
+        f"−mean((x̂0 − c)²), α = {ALPHA}.",
         f"Denominator (**step / value_and_grad**, the target's ratio): one jitted "
         f"`vmap(value_and_grad(x ↦ r(x − t·v(x, t))))` call at the sampler's batch: "
         f"{smc_rows[0]['vg_gflop_per_s']:.0f} GFLOP/s at batch {n}, "
@@ -479,11 +587,21 @@ def notes(args, rows: list[dict], extra: dict) -> list[str]:
         f"`lax.scan` (states initialized outside the timing), h = {PCNL_STEP_SIZE}, "
         f"log π(x) = −½‖x‖² + r(x − v(x, 1))/α; mean acceptance {pcnl_row['acceptance']:.2f}.",
         f"Optimized HLO: a batched value_and_grad holds {hlo['vg_N']['dots']} dot instructions "
-        f"(forward and backward of every layer, and the time embedding); `run_smc` holds "
-        f"{hlo[f'smc_{THRESHOLDS[0]}']['dots']} (expected {2 * hlo['vg_N']['dots']}: one pass "
-        f"at t_0, one in the scan body; the last step calls no model) and the pCNL scan "
+        f"({desc['dots_rule']}); `run_smc` holds {hlo[f'smc_{THRESHOLDS[0]}']['dots']} "
+        f"(expected {2 * hlo['vg_N']['dots'] - desc['shared_dots']}: one pass at t_0, one in "
+        f"the scan body, the last step calls no model{desc['shared_rule']}) and the pCNL scan "
         f"{hlo['pcnl']['dots']} (expected {hlo['vg_C']['dots']}); float64 values in the sampler "
         f"HLOs: {sum(hlo[k]['f64'] for k in hlo if k.startswith(('smc', 'pcnl')))}.",
+        f"One batched value_and_grad inside a `lax.scan` costs "
+        f"{1e3 * wall['vg_scan_N'] / smc_rows[0]['steps']:.1f} ms per pass at batch {n} and "
+        f"{1e3 * wall['vg_scan_C'] / pcnl_row['steps']:.1f} ms at batch {pcnl_row['batch']} "
+        f"(CPU time {1e3 * cpu['vg_scan_N'] / smc_rows[0]['steps']:.1f} and "
+        f"{1e3 * cpu['vg_scan_C'] / pcnl_row['steps']:.1f} ms), against "
+        f"{1e3 * wall['vg_N']:.1f} and {1e3 * wall['vg_C']:.1f} ms (CPU "
+        f"{1e3 * cpu['vg_N']:.1f} and {1e3 * cpu['vg_C']:.1f} ms) as one jitted call: per-call "
+        "work that a loop hoists or reuses makes the single call dearer, so a ratio below 1 "
+        "does not mean a step is cheaper than its model pass; the column against the scanned "
+        "value_and_grad is the sampler's own overhead.",
         "Free-model step: the same sampler with v = 0 (same reward): the sampler's own "
         "arithmetic (SMC: resampling, proposal, weights, Gaussian draw; pCNL: draw, drift, "
         "acceptance) per step.",
@@ -509,9 +627,11 @@ def main():
         "--model",
         choices=sorted(MODELS),
         default="mlp",
-        help="mlp: the ~1 GFLOP stand-in; flux-tiny: comes with the FLUX port (not yet)",
+        help="mlp: the ~1 GFLOP stand-in; flux-tiny: the FLUX port's tiny64 at 16×16 tokens",
     )
-    parser.add_argument("--quick", action="store_true", help="a small MLP (d = 1024), for tests")
+    parser.add_argument(
+        "--quick", action="store_true", help="a small MLP (d = 1024) or 8×8 FLUX tokens, for tests"
+    )
     parser.add_argument("--dim", type=int, default=4096)
     parser.add_argument("--hidden", type=int, default=8192)
     parser.add_argument("--depth", type=int, default=8, help="hidden layers")
@@ -531,7 +651,8 @@ def main():
     rows, extra = measure(args)
     table = markdown(rows)
     print(table)
-    write_csv(rows, "sampler_overhead.csv")
+    name = "sampler_overhead" + ("" if args.model == "mlp" else "_" + args.model.replace("-", "_"))
+    write_csv(rows, f"{name}.csv")
     verdicts = [
         f"{'PASS' if max(r['ratio'], r['ratio_cpu']) <= TARGET else 'FAIL'} "
         f"{r['sampler']}, batch {r['batch']}: step / value_and_grad = {r['ratio']:.3f} (wall "
@@ -548,7 +669,7 @@ def main():
         + "\n\n"
         + "\n".join(f"- {line}" for line in notes(args, rows, extra))
         + "\n",
-        "sampler_overhead.md",
+        f"{name}.md",
     )
     print("\n".join(verdicts))
 

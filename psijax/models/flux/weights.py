@@ -186,9 +186,7 @@ def from_tensors(
     ``config`` defaults to :func:`infer_config`; ``dtype`` casts the parameters (default: keep
     the checkpoint's dtypes).
     """
-    tensors = convert.strip_prefix(dict(tensors))
-    if convert.detect_layout(tensors.keys()) == convert.DIFFUSERS:
-        tensors = convert.diffusers_to_bfl(tensors)
+    tensors = convert.convert(tensors, convert.BFL)
     if config is None:
         config = infer_config(tensors, axes_dim)
     elif not isinstance(config, FluxConfig):
@@ -249,11 +247,5 @@ def save_weights(
     ``path`` ending in ``.safetensors`` is one file; otherwise a folder of shards of at most
     ``max_shard_bytes`` with an index json. :func:`load_weights` reads either back.
     """
-    if layout not in (convert.BFL, convert.DIFFUSERS):
-        raise ValueError(
-            f"`layout` must be {convert.BFL!r} or {convert.DIFFUSERS!r}, got {layout!r}."
-        )
-    tensors = to_bfl(model)
-    if layout == convert.DIFFUSERS:
-        tensors = convert.bfl_to_diffusers(tensors)
+    tensors = convert.convert(to_bfl(model), layout)  # checks `layout`
     checkpoint.write_tensors(tensors, path, max_shard_bytes=max_shard_bytes)
