@@ -43,6 +43,7 @@ __all__ = [
     "rope",
     "apply_rope",
     "attention",
+    "recompute_attention",
 ]
 
 TIME_EMBED_DIM = 256
@@ -304,3 +305,53 @@ def attention(q: Array, k: Array, v: Array) -> Array:
     scores = jnp.einsum("...qhd,...khd->...hqk", q, k, preferred_element_type=jnp.float32)
     weights = jax.nn.softmax(scores * scale, axis=-1).astype(v.dtype)
     return jnp.einsum("...hqk,...khd->...qhd", weights, v)
+
+
+def _attention_forward(q: Array, k: Array, v: Array) -> tuple[Array, Array]:
+    """Softmax attention and its row log-sum-exp ``(B, H, Lq)``; heads moved next to batch."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    qt, kt, vt = (jnp.swapaxes(a, -2, -3) for a in (q, k, v))  # (..., H, L, D)
+    s = jnp.einsum("...qd,...kd->...qk", qt, kt, preferred_element_type=jnp.float32) * scale
+    m = jnp.max(s, axis=-1, keepdims=True)
+    p = jnp.exp(s - m)
+    total = jnp.sum(p, axis=-1, keepdims=True)
+    out = jnp.einsum(
+        "...qk,...kd->...qd", p.astype(v.dtype), vt, preferred_element_type=jnp.float32
+    )
+    out = jnp.swapaxes((out / total).astype(v.dtype), -2, -3)
+    return out, (m + jnp.log(total))[..., 0]
+
+
+@jax.custom_vjp
+def recompute_attention(q: Array, k: Array, v: Array) -> Array:
+    """:func:`attention` whose backward pass recomputes the probabilities (flash-style).
+
+    The forward keeps only ``q, k, v``, the output and the rows' log-sum-exp for the backward,
+    never the ``L × L`` probabilities: under ``scan`` over blocks this saves writing and reading
+    ``B·H·L²`` floats per block, for one more ``QKᵀ`` and ``exp`` in the backward. The same
+    values as :func:`attention` (float32 scores and softmax).
+    """
+    return _attention_forward(q, k, v)[0]
+
+
+def _recompute_fwd(q, k, v):
+    out, lse = _attention_forward(q, k, v)
+    return out, (q, k, v, out, lse)
+
+
+def _recompute_bwd(residuals, d_out):
+    q, k, v, out, lse = residuals
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    qt, kt, vt, ot, dot = (
+        jnp.swapaxes(a, -2, -3).astype(jnp.float32) for a in (q, k, v, out, d_out)
+    )
+    p = jnp.exp(jnp.einsum("...qd,...kd->...qk", qt, kt) * scale - lse[..., None])
+    dv = jnp.einsum("...qk,...qd->...kd", p, dot)
+    dp = jnp.einsum("...qd,...kd->...qk", dot, vt)
+    ds = p * (dp - jnp.sum(dot * ot, axis=-1, keepdims=True)) * scale
+    dq = jnp.einsum("...qk,...kd->...qd", ds, kt)
+    dk = jnp.einsum("...qk,...qd->...kd", ds, qt)
+    return tuple(jnp.swapaxes(g, -2, -3).astype(x.dtype) for g, x in ((dq, q), (dk, k), (dv, v)))
+
+
+recompute_attention.defvjp(_recompute_fwd, _recompute_bwd)

@@ -135,13 +135,18 @@ def test_fp32_reference_and_fast_paths_match_diffusers(pair):
     oracle, model, inputs = pair
     expected = _expected(oracle, inputs)
     with jax.default_matmul_precision("highest"):
-        ref, fast = jax.jit(
-            lambda: (_ours(model, inputs, FluxOptions(path="reference")), _ours(model, inputs))
+        ref, fast, dpa = jax.jit(
+            lambda: (
+                _ours(model, inputs, FluxOptions(path="reference")),
+                _ours(model, inputs),
+                _ours(model, inputs, FluxOptions(attention="xla")),
+            )
         )()
     assert ref.dtype == fast.dtype == jnp.float32
     np.testing.assert_allclose(ref, expected, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(fast, expected, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(fast, ref, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(dpa, ref, atol=1e-5, rtol=1e-5)
     # The outputs are not degenerate: they vary over tokens and samples by O(1).
     assert np.std(expected) > 0.1
 
@@ -172,14 +177,19 @@ def test_input_gradient_matches_torch_autograd(pair):
         return jax.grad(scalar)(inputs["img"])
 
     with jax.default_matmul_precision("highest"):
-        ref, fast, remat = jax.jit(
+        ref, fast, remat, dpa = jax.jit(
             lambda: tuple(
                 grad(o)
-                for o in (FluxOptions(path="reference"), FluxOptions(), FluxOptions(remat=True))
+                for o in (
+                    FluxOptions(path="reference"),
+                    FluxOptions(),
+                    FluxOptions(remat=True),
+                    FluxOptions(attention="xla", remat=True),
+                )
             )
         )()
     scale = np.abs(expected).max()
-    for name, g in {"reference": ref, "fast": fast, "remat": remat}.items():
+    for name, g in {"reference": ref, "fast": fast, "remat": remat, "xla": dpa}.items():
         np.testing.assert_allclose(g, expected, atol=1e-4 * scale, rtol=1e-4, err_msg=name)
     np.testing.assert_allclose(remat, fast, atol=1e-6 * scale, rtol=1e-6)
 
