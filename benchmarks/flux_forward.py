@@ -782,7 +782,7 @@ def uniform(rows: list[dict]) -> list[dict]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small mid model, ~1 min")
+    parser.add_argument("--quick", action="store_true", help="tiny64 batch 1 only, ~1.5 min")
     parser.add_argument("--repeats", type=int, default=30, help="interleaved rounds (at most)")
     parser.add_argument(
         "--budget",
@@ -891,17 +891,16 @@ def main():
         f"{fastn['reference_fwd_bwd_s']:.2f} s.",
         "Where the time goes (this run): "
         + findings(results, attention_rows, mid_cfg)
-        + ". `jax.profiler` traces (taken separately, not by this script, with "
-        "`attention='xla'`): at mid the linear layers run at ~165–175 GFLOP/s on the 2 cores "
-        "(near peak) while the attention fusions (QKᵀ + softmax over an fp32 L×L matrix per "
-        "head) reach ~25–35 GFLOP/s, plus a layout copy of every probability matrix (the "
-        "size-1 group axis that `jax.nn.dot_product_attention`'s vmap adds); torch's SDPA is a "
-        "fused flash-style CPU kernel that never writes the L×L matrix out. In the scanned "
-        "forward+backward with `attention='xla'` and no remat, ~30% of the time at tiny64 "
-        "went into stacking per-block residuals (zero-filling, dynamic-update-slice into and "
-        "copies out of `(blocks, B, H, L, L)` buffers); `recompute` attention stores no L×L "
-        "residual. What remains is XLA:CPU's unfused softmax attention (and, at tiny sizes, "
-        "per-op overhead: ~15–35 GFLOP/s at tiny64 on both sides).",
+        + ". `jax.profiler` traces of the mid forward (taken separately, not by this script): "
+        "with the default `recompute` attention, ~43% of the op time is attention (QKᵀ, an "
+        "fp32 softmax over the whole L×L matrix per head, PV) for 20% of the FLOPs, while the "
+        "linear layers run at ~180 GFLOP/s on the 2 cores (near peak); torch's SDPA is a fused, "
+        "blocked flash-style CPU kernel that never writes the L×L matrix out. With "
+        "`attention='xla'` each probability matrix is also copied once for a layout change (the "
+        "size-1 group axis of `jax.nn.dot_product_attention`'s vmap), and in the scanned "
+        "forward+backward without remat ~30% of the time at tiny64 went into stacking per-block "
+        "L×L residuals (zero-fill, dynamic-update-slice, copies); `recompute` keeps no L×L "
+        "residual. At tiny sizes both sides are dominated by per-op overhead (~15–35 GFLOP/s).",
         "Memory: `compiled.memory_analysis()` of the jitted forward+backward (XLA:CPU buffer "
         "assignment; temp = activations and intermediates, arguments = weights and inputs); "
         "`recompute` attention keeps no L×L probabilities for the backward, `xla` and the "
