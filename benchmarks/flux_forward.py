@@ -108,19 +108,7 @@ def diffusers_model(config: FluxConfig, seed: int):
     import diffusers
 
     torch.manual_seed(seed)
-    model = diffusers.FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=config.in_channels,
-        out_channels=config.out_channels,
-        num_layers=config.depth,
-        num_single_layers=config.depth_single_blocks,
-        attention_head_dim=config.head_dim,
-        num_attention_heads=config.num_heads,
-        joint_attention_dim=config.context_in_dim,
-        pooled_projection_dim=config.vec_in_dim,
-        guidance_embeds=config.guidance_embed,
-        axes_dims_rope=list(config.axes_dim),
-    ).eval()
+    model = diffusers.FluxTransformer2DModel(**config.to_diffusers()).eval()
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -192,18 +192,7 @@ def torch_model(config, model):
     import diffusers
     import torch
 
-    oracle = diffusers.FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=config.in_channels,
-        num_layers=config.depth,
-        num_single_layers=config.depth_single_blocks,
-        attention_head_dim=config.head_dim,
-        num_attention_heads=config.num_heads,
-        joint_attention_dim=config.context_in_dim,
-        pooled_projection_dim=config.vec_in_dim,
-        guidance_embeds=config.guidance_embed,
-        axes_dims_rope=list(config.axes_dim),
-    )
+    oracle = diffusers.FluxTransformer2DModel(**config.to_diffusers())
     tensors = flux.convert.bfl_to_diffusers(flux.to_bfl(model))
     state = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in tensors.items()}
     oracle.load_state_dict(state, strict=True)

@@ -93,6 +93,30 @@ class FluxConfig:
     def mlp_hidden_dim(self) -> int:
         return int(self.hidden_size * self.mlp_ratio)
 
+    def to_diffusers(self) -> dict:
+        """The keyword arguments of diffusers' ``FluxTransformer2DModel`` for this architecture.
+
+        (diffusers fixes ``mlp_ratio = 4``, ``theta = 10000`` and qkv biases; other values
+        have no diffusers equivalent and raise ``ValueError``.)
+        """
+        if self.mlp_ratio != 4.0 or self.theta != 10_000 or not self.qkv_bias:
+            raise ValueError(
+                "diffusers' FluxTransformer2DModel needs mlp_ratio=4, theta=10000, qkv_bias=True."
+            )
+        return dict(
+            patch_size=1,
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            num_layers=self.depth,
+            num_single_layers=self.depth_single_blocks,
+            attention_head_dim=self.head_dim,
+            num_attention_heads=self.num_heads,
+            joint_attention_dim=self.context_in_dim,
+            pooled_projection_dim=self.vec_in_dim,
+            guidance_embeds=self.guidance_embed,
+            axes_dims_rope=list(self.axes_dim),
+        )
+
     def replace(self, **changes) -> "FluxConfig":
         return dataclasses.replace(self, **changes)
 

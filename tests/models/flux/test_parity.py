@@ -13,47 +13,11 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from psijax.models.flux import FluxConfig, FluxOptions, from_tensors, scale_time  # noqa: E402
+from psijax.models.flux import FluxOptions, from_tensors, preset, scale_time  # noqa: E402
 
-# (diffusers kwargs, our config); the first is diffusers' own unit-test configuration.
-CONFIGS = {
-    "tiny": dict(
-        in_channels=4,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=[4, 4, 8],
-    ),
-    "tiny64": dict(
-        in_channels=64,
-        num_layers=2,
-        num_single_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=4,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=[4, 6, 6],
-    ),
-}
+# diffusers' own unit-test configuration, and the benchmark model.
+CONFIGS = {"tiny": preset("tiny"), "tiny64": preset("tiny64")}
 B, H, W, LT = 2, 8, 6, 7
-
-
-def _our_config(kw: dict, guidance: bool) -> FluxConfig:
-    return FluxConfig(
-        in_channels=kw["in_channels"],
-        out_channels=kw["in_channels"],
-        vec_in_dim=kw["pooled_projection_dim"],
-        context_in_dim=kw["joint_attention_dim"],
-        hidden_size=kw["attention_head_dim"] * kw["num_attention_heads"],
-        num_heads=kw["num_attention_heads"],
-        depth=kw["num_layers"],
-        depth_single_blocks=kw["num_single_layers"],
-        axes_dim=tuple(kw["axes_dims_rope"]),
-        guidance_embed=guidance,
-    )
 
 
 def _rerandomize(module, seed: int) -> None:
@@ -77,19 +41,19 @@ def _rerandomize(module, seed: int) -> None:
 def pair(request):
     """(torch model, our model, inputs as numpy) for one configuration."""
     name, guidance = request.param
-    kw = CONFIGS[name]
+    config = CONFIGS[name].replace(guidance_embed=guidance)
     torch.manual_seed(0)
-    oracle = diffusers.FluxTransformer2DModel(patch_size=1, guidance_embeds=guidance, **kw).eval()
+    oracle = diffusers.FluxTransformer2DModel(**config.to_diffusers()).eval()
     _rerandomize(oracle, seed=len(name) + guidance)
     state = {k: v.detach().numpy().copy() for k, v in oracle.state_dict().items()}
-    model = from_tensors(state, _our_config(kw, guidance))
+    model = from_tensors(state, config)
 
     rng = np.random.default_rng(7)
-    c = kw["in_channels"]
+    c = config.in_channels
     inputs = dict(
         img=rng.standard_normal((B, H * W, c), dtype=np.float32),
-        txt=rng.standard_normal((B, LT, kw["joint_attention_dim"]), dtype=np.float32),
-        y=rng.standard_normal((B, kw["pooled_projection_dim"]), dtype=np.float32),
+        txt=rng.standard_normal((B, LT, config.context_in_dim), dtype=np.float32),
+        y=rng.standard_normal((B, config.vec_in_dim), dtype=np.float32),
         img_ids=(rng.uniform(0, 8, (H * W, 3))).astype(np.float32),
         txt_ids=(rng.uniform(0, 2, (LT, 3))).astype(np.float32),
         t=rng.uniform(0.05, 0.95, (B,)).astype(np.float32),
