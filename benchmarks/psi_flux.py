@@ -207,16 +207,20 @@ class TorchPsiSampler:
     backward of ``r(x − t·v(x, t))`` w.r.t. ``x``.
     """
 
-    def __init__(self, oracle, cond, target, batched: bool):
+    def __init__(self, oracle, cond, target, batched: bool, device: str = "cpu"):
         import torch
 
+        def tensor(a):
+            return torch.from_numpy(np.array(a)).to(device)
+
         self.torch = torch
+        self.device = device
         self.model = oracle
-        self.txt = torch.from_numpy(np.array(cond.txt))[None]
-        self.y = torch.from_numpy(np.array(cond.y))[None]
-        self.img_ids = torch.from_numpy(np.array(cond.img_ids))
-        self.txt_ids = torch.from_numpy(np.array(cond.txt_ids))
-        self.target = torch.from_numpy(np.array(target))
+        self.txt = tensor(cond.txt)[None]
+        self.y = tensor(cond.y)[None]
+        self.img_ids = tensor(cond.img_ids)
+        self.txt_ids = tensor(cond.txt_ids)
+        self.target = tensor(target)
         self.batched = batched
         self.nfe = 0
 
@@ -226,7 +230,7 @@ class TorchPsiSampler:
             hidden_states=x,
             encoder_hidden_states=self.txt.expand(b, -1, -1),
             pooled_projections=self.y.expand(b, -1),
-            timestep=self.torch.full((b,), t),
+            timestep=self.torch.full((b,), t, device=self.device),
             img_ids=self.img_ids,
             txt_ids=self.txt_ids,
             return_dict=False,
@@ -264,7 +268,7 @@ class TorchPsiSampler:
         rho = (1 - h / 4) / (1 + h / 4)
         beta = math.sqrt(1 - rho**2)
         half_sqrt_h = 0.5 * math.sqrt(h)
-        x = torch.randn((num_chains, *self.target.shape), generator=gen)
+        x = torch.randn((num_chains, *self.target.shape), generator=gen, device=self.device)
         log_pi, drift, r = evaluate(x)
         per_chain = [
             num_particles // num_chains + (c < num_particles % num_chains)
@@ -275,9 +279,9 @@ class TorchPsiSampler:
             for c, k in enumerate(per_chain)
             for j in range(k)
         }
-        kept_x, kept_r, accepted = [], [], torch.zeros(num_chains)
+        kept_x, kept_r, accepted = [], [], torch.zeros(num_chains, device=self.device)
         for step in range(burn_in + num_kept):
-            forward = torch.randn(x.shape, generator=gen) + half_sqrt_h * drift
+            forward = torch.randn(x.shape, generator=gen, device=self.device) + half_sqrt_h * drift
             proposal = rho * x + beta * forward
             log_pi_new, drift_new, r_new = evaluate(proposal)
             coordinate_sum = (
@@ -290,7 +294,7 @@ class TorchPsiSampler:
                 )
             )
             log_ratio = log_pi_new - log_pi + coordinate_sum
-            u = torch.rand(num_chains, generator=gen)
+            u = torch.rand(num_chains, generator=gen, device=self.device)
             accept = torch.isfinite(log_ratio) & (torch.log(u) < log_ratio)
             a = accept[:, None, None]
             x = torch.where(a, proposal, x)
@@ -322,15 +326,20 @@ class TorchPsiSampler:
             ess = float(1.0 / (weights**2).sum())
             ess_history.append(ess)
             if ess <= ess_threshold * n:  # systematic resampling
-                u = (torch.rand(1, generator=gen) + torch.arange(n)) / n
+                u = (
+                    torch.rand(1, generator=gen, device=self.device)
+                    + torch.arange(n, device=self.device)
+                ) / n
                 idx = torch.searchsorted(torch.cumsum(weights, 0), u).clamp(max=n - 1)
                 x, r, g, v, s = x[idx], r[idx], g[idx], v[idx], s[idx]
-                log_w = torch.zeros(n)
+                log_w = torch.zeros(n, device=self.device)
             delta = t - t_next
             mean = x + delta * (-v - 0.5 * t * (2 - t) ** 2 * (x + (1 - t) * v))
             sigma = t * (2 - t) * math.sqrt(delta)
             drift = g / alpha
-            shift = sigma * torch.randn(x.shape, generator=gen) + sigma**2 * drift
+            shift = (
+                sigma * torch.randn(x.shape, generator=gen, device=self.device) + sigma**2 * drift
+            )
             log_p_minus_q = -(shift * drift).sum(dim=(1, 2)) + 0.5 * sigma**2 * (drift * drift).sum(
                 dim=(1, 2)
             )
@@ -346,7 +355,7 @@ class TorchPsiSampler:
         return x, weights, r, ess_history, float(1.0 / (weights**2).sum())
 
     def run(self, seed: int, layout: dict):
-        gen = self.torch.Generator().manual_seed(seed)
+        gen = self.torch.Generator(device=self.device).manual_seed(seed)
         self.nfe = 0
         particles, log_w, acceptance = self.chains(
             gen,

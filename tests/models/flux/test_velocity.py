@@ -83,6 +83,20 @@ def test_conditioning_errors_name_the_argument(tiny):
     assert v.shape == (H * W, 4)
 
 
+def test_auto_attention_takes_cudnn_only_for_16_bit_on_nvidia_gpus():
+    from psijax.models.flux.layers import recompute_attention
+    from psijax.models.flux.model import _fast_attention
+
+    device = jax.devices()[0]
+    nvidia = device.platform == "gpu" and "nvidia" in device.device_kind.lower()
+    assert _fast_attention("auto", jnp.float32) is recompute_attention
+    assert (_fast_attention("auto", jnp.bfloat16) is recompute_attention) is not nvidia
+    assert _fast_attention("recompute", jnp.bfloat16) is recompute_attention
+    assert flux.FluxOptions().attention == "auto"
+    with pytest.raises(ValueError, match="`attention`"):
+        flux.FluxOptions(attention="flash")
+
+
 def test_options_and_config_errors():
     with pytest.raises(ValueError, match="`path`"):
         flux.FluxOptions(path="slow")
