@@ -138,10 +138,13 @@ def make_inputs(config: FluxConfig, grid, num_txt: int, batch: int, seed: int) -
     )
 
 
-def torch_fns(model, inputs: dict) -> dict:
-    """The torch calls timed: name -> (fn, args)."""
-    cond = {k: torch.from_numpy(inputs[k]) for k in ("txt", "y", "t", "img_ids", "txt_ids")}
-    w = torch.from_numpy(inputs["w"])
+def diffusers_forward(model, inputs: dict, device="cpu", dtype=torch.float32):
+    """``forward(x)``: diffusers' velocity of packed latents ``x`` for the conditioning in
+    ``inputs`` (with its ``guidance`` if it has one), on ``device`` in ``dtype``."""
+    cond = {k: torch.from_numpy(inputs[k]).to(device, dtype) for k in ("txt", "y", "t")}
+    ids = {k: torch.from_numpy(inputs[k]).to(device) for k in ("img_ids", "txt_ids")}
+    guidance = inputs.get("guidance")
+    guidance = None if guidance is None else torch.from_numpy(guidance).to(device, dtype)
 
     def forward(x):
         return model(
@@ -149,11 +152,19 @@ def torch_fns(model, inputs: dict) -> dict:
             encoder_hidden_states=cond["txt"],
             pooled_projections=cond["y"],
             timestep=cond["t"],
-            img_ids=cond["img_ids"],
-            txt_ids=cond["txt_ids"],
-            guidance=None,
+            img_ids=ids["img_ids"],
+            txt_ids=ids["txt_ids"],
+            guidance=guidance,
             return_dict=False,
         )[0]
+
+    return forward
+
+
+def torch_fns(model, inputs: dict) -> dict:
+    """The torch calls timed: name -> (fn, args)."""
+    forward = diffusers_forward(model, inputs)
+    w = torch.from_numpy(inputs["w"])
 
     def no_grad(x):
         with torch.no_grad():

@@ -50,7 +50,13 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import psi_flux  # noqa: E402
 from _common import machine, write_csv, write_text  # noqa: E402
-from flux_forward import analytic_flops, diffusers_model, make_inputs, rel_l2  # noqa: E402
+from flux_forward import (  # noqa: E402
+    analytic_flops,
+    diffusers_forward,
+    diffusers_model,
+    make_inputs,
+    rel_l2,
+)
 
 from psijax.models import flux  # noqa: E402
 from psijax.models.flux import FluxOptions, from_tensors, preset  # noqa: E402
@@ -97,22 +103,8 @@ def width_config(args) -> flux.FluxConfig:
 # ----------------------------------------------------------------------------------------------
 def torch_call(model, inputs: dict, device, dtype):
     """``(forward, forward_backward)`` of diffusers on ``device`` in ``dtype``."""
-    cond = {
-        k: torch.from_numpy(inputs[k]).to(device, dtype) for k in ("txt", "y", "t", "w", "guidance")
-    }
-    ids = {k: torch.from_numpy(inputs[k]).to(device) for k in ("img_ids", "txt_ids")}
-
-    def forward(x):
-        return model(
-            hidden_states=x,
-            encoder_hidden_states=cond["txt"],
-            pooled_projections=cond["y"],
-            timestep=cond["t"],
-            img_ids=ids["img_ids"],
-            txt_ids=ids["txt_ids"],
-            guidance=cond["guidance"],
-            return_dict=False,
-        )[0]
+    forward = diffusers_forward(model, inputs, device, dtype)
+    w = torch.from_numpy(inputs["w"]).to(device, dtype)
 
     def inference(x):
         with torch.inference_mode():
@@ -120,7 +112,7 @@ def torch_call(model, inputs: dict, device, dtype):
 
     def forward_backward(x):
         x = x.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad((forward(x) * cond["w"]).sum(), x)
+        (grad,) = torch.autograd.grad((forward(x) * w).sum(), x)
         return grad
 
     return inference, forward_backward
