@@ -30,7 +30,7 @@ from blackjax.types import Array, ArrayLike, PRNGKey
 from flax import nnx
 
 from psijax._checks import check_int, concrete_value
-from psijax.models import flux
+from psijax.models import digits_classifiers, flux, module_io
 from psijax.models._training import fit
 
 __all__ = [
@@ -238,8 +238,6 @@ def weights_path(name: str) -> str:
 def load(name: str) -> nnx.Module:
     """A shipped model: ``"flow"`` / ``"reflow"`` (:class:`DigitsFlow`) or ``"mlp"`` / ``"cnn"``
     (the classifiers), its file's sha256 checked against :data:`SHIPPED`."""
-    from psijax.models import digits_classifiers, module_io
-
     path = weights_path(name)
     if name in ("flow", "reflow"):
         make = lambda: DigitsFlow(nnx.Rngs(0))  # noqa: E731
