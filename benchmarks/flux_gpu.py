@@ -454,7 +454,8 @@ def run_worker(args) -> list[dict]:
 NOTES = (
     "Each framework runs in its own process (torch first, with jax on the CPU; then jax on the "
     "GPU, with torch on the CPU only to build the same seeded weights): loading both CUDA stacks "
-    "into one process broke cuBLAS here.",
+    "into one process would let each one's libraries, allocator and threads affect the other's "
+    "timings.",
     "Parity: one input (t ∈ [0.05, 0.95], guidance 3.5), the oracle is diffusers in float32 with "
     "TF32 off. 'Default precision' is jax's default on the GPU, where XLA runs float32 matmuls "
     "in TF32; 'precision highest' is `jax.default_matmul_precision('highest')` (the test suite "
