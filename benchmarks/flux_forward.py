@@ -161,10 +161,11 @@ def diffusers_forward(model, inputs: dict, device="cpu", dtype=torch.float32):
     return forward
 
 
-def torch_fns(model, inputs: dict) -> dict:
-    """The torch calls timed: name -> (fn, args)."""
-    forward = diffusers_forward(model, inputs)
-    w = torch.from_numpy(inputs["w"])
+def diffusers_passes(model, inputs: dict, device="cpu", dtype=torch.float32) -> dict:
+    """diffusers' timed passes on ``device`` in ``dtype``: the forward under ``no_grad`` and
+    under ``inference_mode``, and the forward+backward (input gradient of ``sum(out·w)``)."""
+    forward = diffusers_forward(model, inputs, device, dtype)
+    w = torch.from_numpy(inputs["w"]).to(device, dtype)
 
     def no_grad(x):
         with torch.no_grad():
@@ -179,13 +180,19 @@ def torch_fns(model, inputs: dict) -> dict:
         (grad,) = torch.autograd.grad((forward(x) * w).sum(), x)
         return grad
 
+    return {"no_grad": no_grad, "inference_mode": inference_mode, "fwd_bwd": forward_backward}
+
+
+def torch_fns(model, inputs: dict) -> dict:
+    """The torch calls timed: name -> (fn, args)."""
+    passes = diffusers_passes(model, inputs)
     x = torch.from_numpy(inputs["img"])
     return {
-        "torch_fwd_no_grad": (no_grad, (x,)),
-        "torch_fwd_inference_mode": (inference_mode, (x,)),
-        "torch_fwd_bwd": (forward_backward, (x,)),
-        "torch1_fwd_no_grad": (one_thread(no_grad), (x,)),
-        "torch1_fwd_bwd": (one_thread(forward_backward), (x,)),
+        "torch_fwd_no_grad": (passes["no_grad"], (x,)),
+        "torch_fwd_inference_mode": (passes["inference_mode"], (x,)),
+        "torch_fwd_bwd": (passes["fwd_bwd"], (x,)),
+        "torch1_fwd_no_grad": (one_thread(passes["no_grad"]), (x,)),
+        "torch1_fwd_bwd": (one_thread(passes["fwd_bwd"]), (x,)),
     }
 
 
@@ -223,7 +230,10 @@ def port_fn(graphdef, inputs: dict, options: FluxOptions, backward: bool):
 
     def forward(state, img):
         model = nnx.merge(graphdef, state)
-        return model(img, i["img_ids"], i["txt"], i["txt_ids"], i["t"], i["y"], options=options)
+        guidance = i.get("guidance")  # FLUX-dev's embedded guidance, when the inputs hold one
+        return model(
+            img, i["img_ids"], i["txt"], i["txt_ids"], i["t"], i["y"], guidance, options=options
+        )
 
     if not backward:
         return forward

@@ -52,9 +52,10 @@ import psi_flux  # noqa: E402
 from _common import machine, write_csv, write_text  # noqa: E402
 from flux_forward import (  # noqa: E402
     analytic_flops,
-    diffusers_forward,
     diffusers_model,
+    diffusers_passes,
     make_inputs,
+    port_fn,
     rel_l2,
 )
 
@@ -101,45 +102,6 @@ def width_config(args) -> flux.FluxConfig:
 # ----------------------------------------------------------------------------------------------
 # 1-3: parity, speed, memory at FLUX's width
 # ----------------------------------------------------------------------------------------------
-def torch_call(model, inputs: dict, device, dtype):
-    """``(forward, forward_backward)`` of diffusers on ``device`` in ``dtype``."""
-    forward = diffusers_forward(model, inputs, device, dtype)
-    w = torch.from_numpy(inputs["w"]).to(device, dtype)
-
-    def inference(x):
-        with torch.inference_mode():
-            return forward(x)
-
-    def forward_backward(x):
-        x = x.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad((forward(x) * w).sum(), x)
-        return grad
-
-    return inference, forward_backward
-
-
-def port_call(graphdef, inputs: dict, options: FluxOptions, backward: bool):
-    """The jitted port call on ``(state, img)``, guidance passed (FLUX-dev's embedding)."""
-    i = inputs
-
-    def forward(state, img):
-        model = nnx.merge(graphdef, state)
-        return model(
-            img,
-            i["img_ids"],
-            i["txt"],
-            i["txt_ids"],
-            i["t"],
-            i["y"],
-            i["guidance"],
-            options=options,
-        )
-
-    if not backward:
-        return jax.jit(forward)
-    return jax.jit(jax.grad(lambda state, img: jnp.sum(forward(state, img) * i["w"]), argnums=1))
-
-
 def inputs_for(config, grid, num_txt, batch, seed) -> dict:
     inputs = make_inputs(config, grid, num_txt, batch, seed)
     inputs["guidance"] = np.full((batch,), 3.5, np.float32)
@@ -156,7 +118,8 @@ def reference_outputs(config, tensors, grid, num_txt, args, tmp) -> None:
     arrays = {}
     for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
         model = diffusers_on(config, tensors, device, dtype)
-        fwd, fwd_bwd = torch_call(model, inputs, device, dtype)
+        passes = diffusers_passes(model, inputs, device, dtype)
+        fwd, fwd_bwd = passes["inference_mode"], passes["fwd_bwd"]
         x = torch.from_numpy(inputs["img"]).to(device, dtype)
         arrays[f"{name}_out"] = fwd(x).float().cpu().numpy()
         arrays[f"{name}_grad"] = fwd_bwd(x).float().cpu().numpy()
@@ -215,8 +178,8 @@ def parity(config, tensors, grid, num_txt, args, tmp) -> list[dict]:
         graphdef, state = states[dtype]
         context = jax.default_matmul_precision("highest") if highest else contextlib.nullcontext()
         with context:
-            out = port_call(graphdef, inputs, options, False)(state, img)
-            grad = port_call(graphdef, inputs, options, True)(state, img)
+            out = jax.jit(port_fn(graphdef, inputs, options, False))(state, img)
+            grad = jax.jit(port_fn(graphdef, inputs, options, True))(state, img)
         row(name, np.asarray(out, np.float32), np.asarray(grad, np.float32))
     return rows
 
@@ -246,7 +209,8 @@ def torch_speed(config, tensors, grid, num_txt, args) -> list[dict]:
         inputs = inputs_for(config, grid, num_txt, batch, args.seed + batch)
         flops = analytic_flops(config, grid[0] * grid[1], num_txt, batch)["total"]
         x = torch.from_numpy(inputs["img"]).to(device, torch.bfloat16)
-        for backward, fn in enumerate(torch_call(model, inputs, device, torch.bfloat16)):
+        passes = diffusers_passes(model, inputs, device, torch.bfloat16)
+        for backward, fn in enumerate((passes["inference_mode"], passes["fwd_bwd"])):
             cuda = device == "cuda"
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
@@ -272,7 +236,7 @@ def port_speed(config, tensors, grid, num_txt, args) -> list[dict]:
             options = FluxOptions(dtype=jnp.bfloat16, attention=attention, remat=remat)
             for backward in (False, True) if not remat else (True,):
                 start = time.perf_counter()
-                compiled = port_call(graphdef, inputs, options, backward).lower(state, img)
+                compiled = jax.jit(port_fn(graphdef, inputs, options, backward)).lower(state, img)
                 compiled = compiled.compile()
                 compile_s = time.perf_counter() - start
                 try:

@@ -120,7 +120,6 @@ class DigitsFlow(nnx.Module):
     """
 
     def __init__(self, rngs: nnx.Rngs, config: flux.FluxConfig = CONFIG):
-        self.config = config
         self.flux = flux.Flux(config, rngs=rngs)
         shape = (NUM_CLASSES + 1, NUM_TEXT_TOKENS, config.context_in_dim)
         self.class_txt = nnx.Param(jax.random.normal(rngs.params(), shape))
