@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import RESULTS, machine, write_text  # noqa: E402
 
-from psijax.flows import ode  # noqa: E402
+from psijax.experiments import digits as dx  # noqa: E402
 from psijax.models import digits, module_io  # noqa: E402
 from psijax.models import digits_classifiers as dc  # noqa: E402
 
@@ -44,19 +44,10 @@ TOLERANCE = 1e-3  # of the flow-map solves (pixels in [-1, 1])
 
 
 def flow_samples(model, key, labels):
-    """``(x1, Φ_1(x1; label))`` in packed tokens for each label: the batch is solved as one ODE
-    (diffrax Tsit5 at rtol = atol = TOLERANCE, adaptive steps shared by the batch; one batched
-    model call per stage)."""
-    labels = jnp.asarray(labels, jnp.int32)
-    x1 = jax.random.normal(key, (labels.shape[0], 16, 4))
-
-    @jax.jit
-    def solve(x1):
-        velocity = lambda x, t: model(x, jnp.full((x.shape[0],), t), labels)  # noqa: E731
-        return ode.flow_map(velocity, x1, 1.0, rtol=TOLERANCE, atol=TOLERANCE)
-
-    x0, nfe = solve(x1)
-    print(f"  flow map of {labels.shape[0]} samples: {int(nfe)} batched evaluations", flush=True)
+    """``(x1, Φ_1(x1; label))`` per label, the batch solved as one ODE at ``TOLERANCE``
+    (:func:`psijax.experiments.digits.flow_samples`)."""
+    x1, x0, nfe = dx.flow_samples(model, key, labels, TOLERANCE)
+    print(f"  flow map of {len(labels)} samples: {nfe} batched evaluations", flush=True)
     return x1, x0
 
 

@@ -151,6 +151,163 @@ def _acceptance(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- psijax digits ------------------------------------------------------------------------------
+def _digits(args: argparse.Namespace) -> int:
+    import jax
+
+    from psijax.experiments import digits, digits_report
+
+    os.makedirs(args.out, exist_ok=True)
+    start = time.perf_counter()
+    models = digits.load_models(args.model)
+    rows, particles, timings = digits.run_study(
+        models,
+        args.tasks,
+        args.methods,
+        budget=args.budget,
+        num_steps=args.steps,
+        seeds=args.seeds,
+        pool_size=args.pool_size,
+        flow_map_steps=args.flow_map_steps,
+        progress=not args.no_progress,
+    )
+    per_target, per_task = digits_report.aggregate(rows)
+    targets = [str(t.target) for t in args.tasks]
+    figure = os.path.join(args.out, f"digits_{args.task}.png")
+    shown = ["model (unguided)", "target (IS)", *args.methods]
+    digits_report.plot_grid(particles, args.task, targets, shown, figure)
+    elapsed = time.perf_counter() - start
+
+    table = digits_report.format_markdown(per_target, per_task)
+    with open(os.path.join(args.out, f"digits_{args.task}.md"), "w") as f:
+        f.write(
+            f"# psijax digits: {args.task} task, {args.model} model, B = {args.budget} NFE\n\n"
+            f"{args.seeds} seed(s) per target, α = {args.tasks[0].alpha}; mean ± standard error. "
+            f"{elapsed:.0f} s on {jax.default_backend()}.\n\n{table}\n\n"
+            f"![samples](digits_{args.task}.png)\n"
+        )
+    config = {k: getattr(args, k) for k in ("task", "model", "budget", "steps", "seeds")}
+    config |= {"targets": targets, "methods": list(args.methods), "alpha": args.tasks[0].alpha}
+    config |= {"pool_size": args.pool_size, "flow_map_steps": args.flow_map_steps}
+    record = {
+        "backend": jax.default_backend(),
+        "seconds": elapsed,
+        "config": config,
+        "summary": {"per_task": per_task, "per_target": per_target},
+        "rows": rows,
+        "timings": timings,
+    }
+    with open(os.path.join(args.out, f"digits_{args.task}.json"), "w") as f:
+        json.dump(_json_safe(record), f, indent=1, allow_nan=False)
+    print("\n" + table)
+    print(f"\nFigure: {figure}\nTable and metrics: {args.out}/digits_{args.task}.{{md,json}}")
+    print(f"Took {elapsed:.1f} s on {jax.default_backend()}.")
+    return 0
+
+
+def _check_digits(args: argparse.Namespace) -> None:
+    for name in ("budget", "steps", "seeds", "pool_size", "flow_map_steps"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"psijax: --{name.replace('_', '-')} must be >= 1")
+    from psijax.experiments import digits
+    from psijax.experiments.methods import parse_method
+
+    if args.model not in digits.MODELS:
+        raise SystemExit(f"psijax: --model must be one of {', '.join(digits.MODELS)}")
+    default = ",".join(str(t) for t in digits.DEFAULT_TARGETS[args.task])
+    names = [t.strip() for t in (args.target or default).split(",")]
+    try:
+        args.tasks = [digits.make_task(args.task, _parse_target(t), args.alpha) for t in names if t]
+    except ValueError as err:
+        raise SystemExit(f"psijax: --target/--alpha: {err}") from err
+    if not args.tasks:
+        raise SystemExit("psijax: --target must name at least one target")
+    if args.pool_size < args.seeds * (args.budget // args.steps):
+        raise SystemExit(
+            "psijax: --pool-size must be >= seeds × budget/steps (the unguided reference chunks)"
+        )
+    if args.method.strip() == "all":
+        args.methods = digits.default_methods()
+    else:
+        args.methods = tuple(m.strip() for m in args.method.split(",") if m.strip())
+    if not args.methods:
+        raise SystemExit("psijax: --method must name at least one method")
+    for name in args.methods:
+        try:
+            digits.method_options(
+                parse_method(name),
+                args.budget,
+                args.steps,
+                args.tasks[0].alpha,
+                args.flow_map_steps,
+            )
+        except ValueError as err:
+            raise SystemExit(f"psijax: --method/--budget: {err}") from err
+
+
+def _parse_target(text: str):
+    """``"4"`` → 4, ``"left"`` → ``"left"``, ``"0:8:1:6"`` → a box ``(0, 8, 1, 6)``; anything
+    else is passed on for :func:`psijax.experiments.digits.make_task` to reject by name."""
+    if ":" in text:
+        try:
+            return tuple(int(p) for p in text.split(":"))
+        except ValueError:
+            return text
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _add_budget_arguments(parser, seeds_help: str) -> None:
+    """``--budget``, ``--steps`` and ``--seeds`` of the equal-NFE studies."""
+    parser.add_argument("--budget", type=int, default=1000, help="NFE per run (default: 1000)")
+    parser.add_argument("--steps", type=int, default=25, help="denoising steps (default: 25)")
+    parser.add_argument("--seeds", type=int, default=3, help=f"{seeds_help} (default: 3)")
+
+
+def _add_digits(commands) -> None:
+    dig = commands.add_parser(
+        "digits",
+        help="reward alignment of the shipped digits flow, seen and held-out metrics",
+        description=(
+            "Align the shipped FLUX-architecture digits flow with a seen reward and score the "
+            "samples with a held-out metric (psijax.experiments.digits): class = log p of a "
+            "digit under an MLP, held out: a CNN's accuracy; layout = ink inside a box vs "
+            "outside, held out: the IoU of the ink's bounding box. Writes digits_<task>.png, "
+            ".md and .json into --out."
+        ),
+    )
+    dig.add_argument("--task", choices=("class", "layout"), default="class")
+    dig.add_argument(
+        "--target",
+        default=None,
+        help="comma-separated targets: digits 0-9 (class) or boxes left, right, narrow, "
+        "row0:row1:col0:col1 (layout); default: the task's three",
+    )
+    dig.add_argument(
+        "--method",
+        default="psi_sampler",
+        help="comma-separated methods (psijax.align.SAMPLERS, 'tempered', "
+        "'psi_sampler[flow_map]', ...) or 'all' (default: %(default)s)",
+    )
+    dig.add_argument("--model", default="reflow", help="reflow or flow (default: %(default)s)")
+    dig.add_argument("--alpha", type=float, default=None, help="tilt strength (default: task's)")
+    _add_budget_arguments(dig, "seeds per target")
+    dig.add_argument(
+        "--pool-size",
+        type=int,
+        default=512,
+        help="model samples for the unguided and importance-sampled references (default: 512)",
+    )
+    dig.add_argument(
+        "--flow-map-steps",
+        type=int,
+        default=4,
+        help="Euler steps of the flow-map initial predictor (default: 4)",
+    )
+    dig.add_argument("--out", default="psijax-digits", help="output folder (default: %(default)s)")
+    dig.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    dig.set_defaults(run=_digits, check=_check_digits)
+
+
 # -- parser --------------------------------------------------------------------------------------
 def _add_demo(commands) -> None:
     demo = commands.add_parser(
@@ -181,9 +338,7 @@ def _add_demo(commands) -> None:
         help="comma-separated sampler names (psijax.align.SAMPLERS, 'tempered', a "
         "'[flow_map]' suffix on initial-stage methods) or 'all' (default: %(default)s)",
     )
-    demo.add_argument("--budget", type=int, default=1000, help="NFE per run (default: 1000)")
-    demo.add_argument("--steps", type=int, default=25, help="denoising steps (default: 25)")
-    demo.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3)")
+    _add_budget_arguments(demo, "seeds per method")
     demo.add_argument("--seed", type=int, default=0, help="seed of the exact reference draws")
     demo.add_argument(
         "--occupancy-size",
@@ -253,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_demo(commands)
     _add_acceptance(commands)
+    _add_digits(commands)
     return parser
 
 

@@ -13,7 +13,8 @@ model of the data:
 
 A *method* is a name of :data:`psijax.align.SAMPLERS`, ``"tempered"`` (SMC from a tempered-SMC
 initial stage with pCNL moves), optionally suffixed ``"[flow_map]"`` for an initial stage that
-uses the flow-map predictor (the SMC keeps Tweedie).
+uses the flow-map predictor (the SMC keeps Tweedie); :mod:`psijax.experiments.methods` parses
+and sizes them, and this module re-exports its names.
 
 **Equal NFE** (:func:`sampler_options`). For a budget ``B`` and ``T`` steps: prior starts and
 best-of-N/DPS get ``N = ⌊B/T⌋`` particles, FreeDoM ``N = ⌊B/(T + K·W)⌋`` (``K`` repeats over the
@@ -48,7 +49,12 @@ import numpy as np
 
 from psijax import metrics
 from psijax.align import SAMPLERS, RewardProblem
-from psijax.align.samplers import budget_layout
+from psijax.experiments.methods import (
+    Method,
+    default_methods,
+    parse_method,
+    sampler_options,
+)
 from psijax.flows import sde
 from psijax.flows.sde import denoising_grid
 from psijax.models import presets, reflow
@@ -92,98 +98,6 @@ FLOW_MAP_OPTIONS = {"rtol": 1e-3, "atol": 1e-3}
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 """XLA options for the runs: compilation dominates these tiny programs on CPU, and the lowest
 backend optimization level compiles about 40 % faster for a similar run time."""
-GUIDANCE = ("dps", "freedom", "best_of_n")
-INITIAL_STAGE = ("psi_sampler", "top_k", "ula", "mala", "pcn", "tempered")
-
-
-# -- methods and their sizes ---------------------------------------------------------------------
-class Method(NamedTuple):
-    """A row of the study: ``name`` as shown, the ``sampler`` of :data:`SAMPLERS` it calls, the
-    initial stage's ``init`` override (``"tempered"`` or None) and ``init_predictor``."""
-
-    name: str
-    sampler: str
-    init: str | None = None
-    init_predictor: str | None = None
-
-
-def parse_method(name: str) -> Method:
-    """``"psi_sampler"``, ``"tempered"``, ``"psi_sampler[flow_map]"``, … → :class:`Method`.
-
-    Raises ``ValueError`` for an unknown sampler or a flow-map suffix on a method without an
-    initial stage.
-    """
-    base, predictor = name, None
-    if name.endswith("[flow_map]"):
-        base, predictor = name[: -len("[flow_map]")], "flow_map"
-        if base not in INITIAL_STAGE:
-            raise ValueError(
-                f"'[flow_map]' needs an initial-stage method {INITIAL_STAGE}: {name!r}"
-            )
-    if base == "tempered":
-        return Method(name, "smc", "tempered", predictor)
-    if base not in SAMPLERS:
-        raise ValueError(
-            f"method must be one of {(*SAMPLERS, 'tempered')} (+ '[flow_map]'): {name!r}"
-        )
-    return Method(name, base, None, predictor)
-
-
-def default_methods(flow_map: bool = True) -> tuple[str, ...]:
-    """Every sampler of :data:`SAMPLERS`, ``"tempered"`` and (``flow_map``) the flow-map
-    variants of Ψ-Sampler and of the tempered initial stage."""
-    extra = ("psi_sampler[flow_map]", "tempered[flow_map]") if flow_map else ()
-    return (*SAMPLERS, "tempered", *extra)
-
-
-def sampler_options(
-    method: Method,
-    budget: int,
-    num_steps: int,
-    *,
-    num_chains: int = 5,
-    num_repeats: int = 3,
-    window: tuple[float, float] = (0.3, 0.7),
-) -> dict:
-    """Keyword arguments that give ``method`` the NFE budget ``B`` over ``T`` steps.
-
-    Prior starts and the Tweedie initial stages pass ``nfe_budget=B`` to the sampler. Guidance:
-    ``N = ⌊B/T⌋`` (DPS, best-of-N), ``N = ⌊B/(T + K·W)⌋`` (FreeDoM, ``W`` = grid times
-    ``t_i``, ``i < T``, in ``window``). Flow-map and tempered initial stages: the particle count
-    ``⌊(B − ⌊B/2⌋)/T⌋`` and chain layout that ``nfe_budget=B`` gives the Tweedie version
-    (chains ``m = ⌊⌊B/2⌋/C⌋ − 1`` steps, ``⌈m/2⌉`` burn-in, ``⌊m/2⌋`` kept; Top-K
-    ``max(⌊B/2⌋, N)`` candidates); their true NFE is read off the result.
-    """
-    if method.sampler in GUIDANCE:
-        per_particle = num_steps
-        if method.sampler == "freedom":
-            current = denoising_grid(num_steps, None)[:-1]
-            width = int(np.sum((current >= window[0]) & (current <= window[1])))
-            per_particle += num_repeats * width
-        return {"num_particles": _positive(budget // per_particle, method.name, budget)}
-    if method.init is None and method.init_predictor is None:
-        # The sampler splits the budget itself; the layout call only checks it is large enough.
-        budget_layout(_INIT.get(method.sampler, "prior"), budget, num_steps, num_chains=num_chains)
-        return {"nfe_budget": budget}
-    init = method.init or _INIT[method.sampler]
-    options = budget_layout(init, budget, num_steps, num_chains=num_chains)
-    if init in ("pcnl", "pcn", "mala", "ula"):
-        options["num_chains"] = num_chains
-    if method.init is not None:
-        options["init"] = method.init
-    if method.init_predictor is not None:
-        options["init_predictor"] = method.init_predictor
-    return options
-
-
-_INIT = {"psi_sampler": "pcnl", "top_k": "top_k", "ula": "ula", "mala": "mala", "pcn": "pcn"}
-"""The initial stage of each initial-stage sampler of :data:`SAMPLERS`."""
-
-
-def _positive(n: int, name: str, budget: int) -> int:
-    if n < 1:
-        raise ValueError(f"budget {budget} is too small for one particle of {name!r}.")
-    return int(n)
 
 
 # -- settings: preset × model --------------------------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 from psijax.experiments.toy import FIXED_BANDWIDTH, FLOW_MAP_OPTIONS, METRICS, ToySetting
 from psijax.flows.ode import flow_map
 
-__all__ = ["mean_and_se", "aggregate", "format_markdown", "plot"]
+__all__ = ["mean_and_se", "format_mean_se", "aggregate", "format_markdown", "plot"]
 
 
 def mean_and_se(values) -> tuple[float, float]:
@@ -27,22 +27,25 @@ def mean_and_se(values) -> tuple[float, float]:
 _KEYS = ("preset", "model", "budget", "method")
 
 
-def aggregate(rows: list, metric_names: tuple[str, ...] = METRICS) -> list:
-    """One row per (preset, model, budget, method), in first-seen order: ``seeds``, and for each
-    metric ``m`` its mean ``m`` and standard error ``m_se`` over seeds."""
+def aggregate(
+    rows: list, metric_names: tuple[str, ...] = METRICS, keys: tuple[str, ...] = _KEYS
+) -> list:
+    """One row per distinct ``keys`` (default (preset, model, budget, method)), in first-seen
+    order: ``seeds``, and for each metric ``m`` its mean ``m`` and standard error ``m_se`` over
+    the group's rows (the seeds)."""
     groups = {}
     for row in rows:
-        groups.setdefault(tuple(row[k] for k in _KEYS), []).append(row)
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
     summary = []
     for key, group in groups.items():
-        out = dict(zip(_KEYS, key, strict=True)) | {"seeds": len(group)}
+        out = dict(zip(keys, key, strict=True)) | {"seeds": len(group)}
         for name in metric_names:
             out[name], out[f"{name}_se"] = mean_and_se([r[name] for r in group])
         summary.append(out)
     return summary
 
 
-def _fmt(mean: float, se: float) -> str:
+def format_mean_se(mean: float, se: float) -> str:
     """``mean ± se`` with the standard error to two significant digits, at most
     ``max(3, 3 − ⌊log10|mean|⌋)`` decimals (so a near-zero SE does not print 9 digits)."""
     if not math.isfinite(mean):
@@ -83,7 +86,7 @@ def format_markdown(summary: list, settings: list[ToySetting], num_steps: int = 
         ]
         for r in summary:
             if (r["preset"], r["model"], r["budget"]) == (preset, model, budget):
-                cells = [_fmt(r[m], r[f"{m}_se"]) for _, m in _COLUMNS]
+                cells = [format_mean_se(r[m], r[f"{m}_se"]) for _, m in _COLUMNS]
                 lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
