@@ -27,9 +27,9 @@ sample to the nearest of the 1,797 data images (the data's own leave-one-out val
 
 **Metrics of a run** (:func:`evaluate`), on the final particles and their normalized weights
 ``w``: the weighted means of the seen reward (``reward``), the held-out metric (``heldout``)
-and ``nn_dist``; the paper's single output, the particle with the highest seen reward
-(:func:`psijax.align.best_sample`), scored the same way (``best_reward``, ``best_heldout``,
-``best_nn_dist``); the ESS and the NFE spent.
+and ``nn_dist``; the paper's single output, the particle with the highest seen reward (the
+rule of :func:`psijax.align.best_sample`), scored the same way (``best_reward``,
+``best_heldout``, ``best_nn_dist``); the ESS and the NFE spent.
 
 **References** (:func:`reference_rows`) from a pool of the model's own samples (flow map
 ``Φ_1`` of ``N(0, I)`` draws): ``model (unguided)``, pool chunks of the prior-start particle
@@ -40,11 +40,13 @@ Methods and their equal-NFE sizes are those of the toy study (:mod:`psijax.exper
 with one change: an initial stage with the **flow-map** predictor (``"psi_sampler[flow_map]"``)
 solves ``Φ_t`` by :data:`FLOW_MAP_STEPS` fixed Euler steps (:func:`euler_flow_map`), and its
 chains are shortened by that factor, so that it spends the same budget as the Tweedie version
-(:func:`method_options`). The adaptive Tsit5 flow map of the toy study costs about 30 model
-evaluations per prediction here, thirty times the budget (``flow_map_steps=None`` still runs
-it, reporting its true NFE). DPS and FreeDoM use ``guidance_scale = 1/α`` (the tilt's own
-strength). Each (task, method) is compiled once, the target being an argument of the compiled
-function, and looped over targets and seeds.
+(:func:`method_options`). The tempered-SMC initial stage (``"tempered"``,
+``"tempered[flow_map]"``) cannot be sized in advance: it gets the same particle count and the
+table reports the NFE it spent, as in the toy study. The adaptive Tsit5 flow map of the toy
+study costs about 30 model evaluations per prediction here, thirty times the budget
+(``flow_map_steps=None`` still runs it, reporting its true NFE). DPS and FreeDoM use
+``guidance_scale = 1/α`` (the tilt's own strength). Each (task, method) is compiled once, the
+target being an argument of the compiled function, and looped over targets and seeds.
 """
 
 import math
@@ -147,10 +149,6 @@ class Task(NamedTuple):
     alpha: float
     param: np.ndarray
     box: tuple | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}={self.target}"
 
 
 def load_models(model: str = "reflow") -> DigitsModels:
@@ -309,9 +307,10 @@ def euler_flow_map(num_steps: int = FLOW_MAP_STEPS) -> Callable:
 
 
 def default_methods() -> tuple[str, ...]:
-    """Every sampler of :data:`psijax.align.SAMPLERS`, ``"tempered"`` and
-    ``"psi_sampler[flow_map]"``."""
-    return (*_all_methods(flow_map=False), "psi_sampler[flow_map]")
+    """The toy study's methods: every sampler of :data:`psijax.align.SAMPLERS`,
+    ``"tempered"``, and the flow-map variants ``"psi_sampler[flow_map]"`` and
+    ``"tempered[flow_map]"`` (:func:`psijax.experiments.methods.default_methods`)."""
+    return _all_methods(flow_map=True)
 
 
 def method_options(
