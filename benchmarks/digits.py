@@ -120,11 +120,7 @@ def hacking_figure(results, path):
 
     fig, axes = plt.subplots(len(results), 1, figsize=(7, 1.3 * len(results)), squeeze=False)
     for ax, (label, images) in zip(axes[:, 0], results.items(), strict=True):
-        strips = []
-        for batch in images.values():
-            strips.append(
-                np.concatenate([np.pad(im[0], 1, constant_values=-1) for im in batch[:8]], 1)
-            )
+        strips = [digits_report.image_strip(batch[:8, 0]) for batch in images.values()]
         ax.imshow(-np.concatenate(strips, 0), cmap="gray", vmin=-1, vmax=1)
         ax.set_xticks([])
         ax.set_yticks([5 + 10 * i for i in range(len(images))])

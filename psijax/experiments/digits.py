@@ -218,7 +218,8 @@ def ink(images):
 
 
 def layout_reward(images, mask):
-    """Mean ink inside the 0/1 pixel ``mask`` ``(8, 8)`` minus mean ink outside it, per image."""
+    """Mean ink inside the 0/1 pixel ``mask`` ``M`` ``(8, 8)`` minus mean ink outside it, per
+    image: ``r = Σ M·ink / Σ M − Σ (1 − M)·ink / Σ (1 − M)``, in ``[−1, 1]``."""
     mask = jnp.asarray(mask, jnp.float32)
     values = ink(images)[..., 0, :, :]
     inside = jnp.sum(values * mask, axis=(-2, -1)) / jnp.sum(mask)
@@ -242,7 +243,8 @@ def ink_bounding_box(images, threshold: float = INK_THRESHOLD):
 
 
 def box_iou(images, box, threshold: float = INK_THRESHOLD):
-    """IoU between ``box`` and the bounding box of each image's thresholded ink (0 if none)."""
+    """IoU between ``box`` ``B`` and the bounding box ``A`` of each image's thresholded ink:
+    ``|A ∩ B| / (|A| + |B| − |A ∩ B|)`` in pixels (0 if no pixel is ink)."""
     bb, found = ink_bounding_box(images, threshold)
     r0, r1, c0, c1 = (jnp.asarray(v, jnp.float32) for v in box)
     b = bb.astype(jnp.float32)
@@ -254,7 +256,8 @@ def box_iou(images, box, threshold: float = INK_THRESHOLD):
 
 
 def nearest_data_distance(images, data):
-    """Mean squared distance per pixel from each image to its nearest image of ``data``."""
+    """Mean squared distance per pixel from each image to its nearest image of ``data``:
+    ``min_j ‖x − d_j‖² / 64``."""
     x = jnp.reshape(jnp.asarray(images, jnp.float32), (-1, 64))
     d = jnp.reshape(jnp.asarray(data, jnp.float32), (-1, 64))
     sq = jnp.sum(x**2, 1)[:, None] - 2.0 * x @ d.T + jnp.sum(d**2, 1)[None, :]
@@ -264,9 +267,15 @@ def nearest_data_distance(images, data):
 
 def seen_reward(models: DigitsModels, task_name: str, param) -> Callable:
     """The seen reward ``r(x0)`` on packed tokens ``(16, 4)``; ``param`` may be traced."""
+    per_image = _image_reward(models, task_name, param)
+    return lambda x0: per_image(digits.to_images(x0))
+
+
+def _image_reward(models: DigitsModels, task_name: str, param) -> Callable:
+    """The seen reward on images ``(..., 1, 8, 8)``, one value per image."""
     if task_name == "class":
-        return lambda x0: dc.log_probs(models.mlp, digits.to_images(x0))[param]
-    return lambda x0: layout_reward(digits.to_images(x0), param)
+        return lambda images: dc.log_probs(models.mlp, images)[..., param]
+    return lambda images: layout_reward(images, param)
 
 
 def heldout_metric(models: DigitsModels, task: Task, images) -> jax.Array:
@@ -373,7 +382,7 @@ def evaluate(models: DigitsModels, task: Task, samples, log_weights, rewards) ->
     mean = lambda v: float(jnp.sum(jnp.where(used, w * v, 0.0)))  # noqa: E731
     return {
         "ess": float(1.0 / jnp.sum(w**2)),
-        "reward": mean(jnp.where(used, rewards, 0.0)),
+        "reward": mean(rewards),
         "heldout": mean(held),
         "nn_dist": mean(dist),
         "best_reward": float(rewards[best]),
@@ -497,11 +506,7 @@ def hacking_check(
     such images drift.
     """
     start = jnp.asarray(images, jnp.float32)
-    param = jnp.asarray(task.param)
-    if task.name == "class":
-        per_image = lambda x: dc.log_probs(models.mlp, x)[..., param]  # noqa: E731
-    else:
-        per_image = lambda x: layout_reward(x, param)  # noqa: E731
+    per_image = _image_reward(models, task.name, jnp.asarray(task.param))
     grad = jax.jit(jax.grad(lambda x: -jnp.sum(per_image(x))))
 
     def row(radius, x):

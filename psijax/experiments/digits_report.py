@@ -13,8 +13,16 @@ import numpy as np
 from psijax.experiments.digits import METRICS
 from psijax.experiments.toy_report import aggregate as _aggregate
 from psijax.experiments.toy_report import format_mean_se
+from psijax.models.digits import to_images
 
-__all__ = ["aggregate", "format_markdown", "grid_images", "plot_grid", "format_hacking"]
+__all__ = [
+    "aggregate",
+    "format_markdown",
+    "grid_images",
+    "image_strip",
+    "plot_grid",
+    "format_hacking",
+]
 
 _KEYS = ("task", "target", "model", "budget", "method")
 _COLUMNS = (
@@ -105,8 +113,6 @@ def grid_images(tokens, weights, num: int, seed: int = 0) -> np.ndarray:
     """``num`` images ``(num, 8, 8)`` drawn from the weighted particles (systematic
     resampling with a fixed ``seed``, so a uniform set shows its first ``num`` particles in
     order, and a single kept sample is repeated)."""
-    from psijax.models.digits import to_images
-
     w = np.asarray(weights, np.float64)
     w = np.where(np.isfinite(w) & (w > 0), w, 0.0)
     w = w / w.sum()
@@ -114,6 +120,11 @@ def grid_images(tokens, weights, num: int, seed: int = 0) -> np.ndarray:
     idx = np.minimum(np.searchsorted(np.cumsum(w), u), len(w) - 1)
     images = np.asarray(to_images(np.asarray(tokens)[idx]))[:, 0]
     return np.clip(images, -1.0, 1.0)
+
+
+def image_strip(images) -> np.ndarray:
+    """Images ``(n, 8, 8)`` side by side, each framed by one blank pixel: ``(10, 10·n)``."""
+    return np.concatenate([np.pad(im, 1, constant_values=-1.0) for im in images], 1)
 
 
 def plot_grid(particles: dict, task: str, targets: list, methods: list, path: str, num: int = 6):
@@ -133,8 +144,7 @@ def plot_grid(particles: dict, task: str, targets: list, methods: list, path: st
     for i, method in enumerate(methods):
         for j, target in enumerate(targets):
             ax = axes[i, j]
-            images = grid_images(*particles[(task, str(target), method)], num)
-            strip = np.concatenate([np.pad(im, 1, constant_values=-1.0) for im in images], 1)
+            strip = image_strip(grid_images(*particles[(task, str(target), method)], num))
             ax.imshow(-strip, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
