@@ -1,11 +1,18 @@
-"""The ``psijax`` command.
+"""The ``psijax`` command: ``psijax <command> --help`` documents each one.
 
-``psijax demo`` compares the alignment samplers at equal NFE on a 2D Gaussian-mixture toy with
-an exact target (:mod:`psijax.experiments.toy`): one preset, the exact and the reflowed model,
-a few methods and seeds; it prints the table and writes the figure (PNG), the table (markdown)
-and the results (JSON) into ``--out``. ``psijax acceptance`` runs a short version of the
-acceptance-vs-dimension study (pCN, pCNL, ULA and BlackJAX MALA on a conjugate Gaussian
-target, d from 16 to 65,536) and writes its figure, a CSV and a JSON.
+- ``demo``: a few samplers at equal NFE on one 2D Gaussian-mixture toy with an exact target
+  (:mod:`psijax.experiments.toy`), the exact and the reflowed model, about a minute on CPU.
+- ``toy``: the same study with every method on every toy preset (``--preset``, ``--methods``).
+- ``acceptance``: acceptance of pCN, pCNL, ULA and BlackJAX MALA against dimension on a
+  conjugate Gaussian target (:mod:`psijax.experiments.acceptance`).
+- ``digits``: reward alignment of the shipped digits flow, class or layout task, with seen and
+  held-out metrics (:mod:`psijax.experiments.digits`).
+- ``bench``: compile and run times of the samplers (:mod:`psijax.experiments.bench`).
+
+Every command writes its figure (PNG), its results (JSON, and CSV rows) and, for the studies,
+a markdown table into ``--out``, shows a progress bar unless ``--no-progress``, and takes
+``--compilation-cache DIR`` (or ``$PSIJAX_COMPILATION_CACHE``), JAX's persistent compilation
+cache, so that repeated runs at the same sizes skip most compilation.
 """
 
 import argparse
@@ -24,20 +31,23 @@ ACCEPTANCE_DIMS = (16, 256, 4096, 65536)
 ACCEPTANCE_STEP_SIZES = (0.5,)
 
 
-# -- psijax demo ---------------------------------------------------------------------------------
-def _demo(args: argparse.Namespace) -> int:
+# -- psijax toy / demo ---------------------------------------------------------------------------
+def _toy(args: argparse.Namespace) -> int:
     import jax
 
     from psijax.experiments import toy, toy_report
 
     methods = _demo_methods(args)
+    presets = _presets(args)
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
     settings = [
         toy.build_setting(
-            args.preset, model, jax.random.key(args.seed), occupancy_size=args.occupancy_size
+            preset, model, jax.random.key(args.seed), occupancy_size=args.occupancy_size
         )
+        for preset in presets
         for model in args.models
+        if model == "exact" or preset in toy.REFLOW_DATA
     ]
     try:
         rows, particles, timings = toy.run_study(
@@ -51,36 +61,49 @@ def _demo(args: argparse.Namespace) -> int:
     except ValueError as err:  # e.g. a budget too small for a method's initial stage
         raise SystemExit(f"psijax: {err}") from err
     summary = toy_report.aggregate(rows)
-    figure = os.path.join(args.out, f"toy_{args.preset}.png")
-    toy_report.plot(settings, particles, methods, args.budget, figure)
+    figures = []
+    for preset in presets:
+        figures.append(os.path.join(args.out, f"toy_{preset}.png"))
+        group = [s for s in settings if s.preset == preset]
+        toy_report.plot(group, particles, methods, args.budget, figures[-1])
     elapsed = time.perf_counter() - start
 
     table = toy_report.format_markdown(summary, settings, num_steps=args.steps)
     header = (
-        f"# psijax demo: reward alignment on `{args.preset}` at equal NFE\n\n"
+        f"# psijax {args.command}: reward alignment on {', '.join(presets)} at equal NFE\n\n"
         f"{args.seeds} seed(s); mean ± standard error over seeds; {elapsed:.0f} s on "
         f"{jax.default_backend()}. Metrics against the exact tilted target "
         "(`psijax.experiments.toy`); `exact target (iid)`: as many i.i.d. exact draws as the "
         "prior-start methods have particles; `SMC limit (IS)`: the law every SMC method tends "
         "to as N → ∞ (importance-weighted draws of the model's stochastic sampler).\n"
     )
+    images = "".join(f"\n![{p}](toy_{p}.png)\n" for p in presets)
     with open(os.path.join(args.out, "toy.md"), "w") as f:
-        f.write(header + "\n" + table + f"\n\n![figure](toy_{args.preset}.png)\n")
+        f.write(header + "\n" + table + "\n" + images)
+    config = {k: getattr(args, k) for k in ("models", "budget", "steps", "seeds")}
     record = {
         "backend": jax.default_backend(),
         "seconds": elapsed,
-        "config": {k: getattr(args, k) for k in ("preset", "models", "budget", "steps", "seeds")}
-        | {"methods": list(methods)},
+        "config": config | {"presets": list(presets), "methods": list(methods)},
         "summary": summary,
         "rows": rows,
         "timings": timings,
     }
     with open(os.path.join(args.out, "toy.json"), "w") as f:
         json.dump(_json_safe(record), f, indent=1, allow_nan=False)
+    _write_csv(rows, os.path.join(args.out, "toy.csv"))
     print("\n" + table)
-    print(f"\nFigure: {figure}\nTable: {os.path.join(args.out, 'toy.md')}")
+    print(f"\nFigures: {', '.join(figures)}\nTable: {os.path.join(args.out, 'toy.md')}")
     print(f"Took {elapsed:.1f} s on {jax.default_backend()}.")
     return 0
+
+
+def _presets(args: argparse.Namespace) -> tuple[str, ...]:
+    from psijax.models.presets import TOY_PROBLEMS
+
+    if args.preset.strip() == "all":
+        return TOY_PROBLEMS
+    return tuple(p.strip() for p in args.preset.split(",") if p.strip())
 
 
 def _demo_methods(args: argparse.Namespace) -> tuple[str, ...]:
@@ -98,6 +121,15 @@ def _demo_methods(args: argparse.Namespace) -> tuple[str, ...]:
         except ValueError as err:
             raise SystemExit(f"psijax: --methods/--budget: {err}") from err
     return methods
+
+
+def _write_csv(rows: list[dict], path: str) -> None:
+    """Rows as CSV, the columns the union of their keys in first-seen order."""
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _json_safe(value):
@@ -134,10 +166,7 @@ def _acceptance(args: argparse.Namespace) -> int:
 
     figure = os.path.join(args.out, "acceptance_vs_dimension.png")
     acceptance.plot(rows, figure)
-    with open(os.path.join(args.out, "acceptance_vs_dimension.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_csv(rows, os.path.join(args.out, "acceptance_vs_dimension.csv"))
     with open(os.path.join(args.out, "acceptance_vs_dimension.json"), "w") as f:
         json.dump({"backend": jax.default_backend(), "seconds": elapsed, "rows": rows}, f, indent=1)
 
@@ -149,6 +178,66 @@ def _acceptance(args: argparse.Namespace) -> int:
     print(acceptance.format_markdown(rows))
     print(f"\nFigure: {figure}\nTook {elapsed:.1f} s on {jax.default_backend()}.")
     return 0
+
+
+# -- psijax bench -------------------------------------------------------------------------------
+def _bench(args: argparse.Namespace) -> int:
+    import jax
+
+    from psijax.experiments import bench
+
+    os.makedirs(args.out, exist_ok=True)
+    start = time.perf_counter()
+    rows = bench.time_samplers(
+        _bench_methods(args),
+        num_particles=args.particles,
+        num_steps=args.steps,
+        all_devices=args.all_devices,
+        repeats=args.repeats,
+        progress=not args.no_progress,
+    )
+    elapsed = time.perf_counter() - start
+    _write_csv(rows, os.path.join(args.out, "bench.csv"))
+    record = {"backend": jax.default_backend(), "devices": jax.device_count(), "rows": rows}
+    with open(os.path.join(args.out, "bench.json"), "w") as f:
+        json.dump(_json_safe(record | {"seconds": elapsed}), f, indent=1, allow_nan=False)
+    figure = os.path.join(args.out, "bench.png")
+    _plot_bench(rows, figure)
+    lines = [
+        f"\nSamplers on the 2D toy, N = {args.particles}, T = {args.steps}, "
+        f"{rows[0]['devices']} device(s), {jax.default_backend()}:\n",
+        "| method | NFE | compile (s) | run (ms) | µs / particle-step |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['method']} | {r['nfe']} | {r['compile_s']:.1f} | {1e3 * r['run_s']:.2f} | "
+        f"{r['us_per_particle_step']:.2f} |"
+        for r in rows
+    ]
+    print("\n".join(lines))
+    print(f"\nFigure: {figure}\nTook {elapsed:.1f} s.")
+    return 0
+
+
+def _bench_methods(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(m.strip() for m in args.methods.split(",") if m.strip())
+
+
+def _plot_bench(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    names = [r["method"] for r in rows]
+    ax.barh(names, [1e3 * r["run_s"] for r in rows], color="tab:blue", label="run (median)")
+    ax.set_xlabel("ms per call")
+    ax.invert_yaxis()
+    ax.set_title(f"N = {rows[0]['num_particles']}, T = {rows[0]['num_steps']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 # -- psijax digits ------------------------------------------------------------------------------
@@ -199,8 +288,9 @@ def _digits(args: argparse.Namespace) -> int:
     }
     with open(os.path.join(args.out, f"digits_{args.task}.json"), "w") as f:
         json.dump(_json_safe(record), f, indent=1, allow_nan=False)
+    _write_csv(rows, os.path.join(args.out, f"digits_{args.task}.csv"))
     print("\n" + table)
-    print(f"\nFigure: {figure}\nTable and metrics: {args.out}/digits_{args.task}.{{md,json}}")
+    print(f"\nFigure: {figure}\nTable and metrics: {args.out}/digits_{args.task}.{{md,json,csv}}")
     print(f"Took {elapsed:.1f} s on {jax.default_backend()}.")
     return 0
 
@@ -303,51 +393,93 @@ def _add_digits(commands) -> None:
         default=4,
         help="Euler steps of the flow-map initial predictor (default: 4)",
     )
-    dig.add_argument("--out", default="psijax-digits", help="output folder (default: %(default)s)")
-    dig.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_common_arguments(dig, "psijax-digits")
     dig.set_defaults(run=_digits, check=_check_digits)
 
 
 # -- parser --------------------------------------------------------------------------------------
-def _add_demo(commands) -> None:
-    demo = commands.add_parser(
-        "demo",
-        help="every sampler at equal NFE on a 2D toy with an exact target (about a minute on CPU)",
+def _add_toy(commands, name: str, presets: str, methods: str, help_text: str) -> None:
+    toy = commands.add_parser(
+        name,
+        help=help_text,
         description=(
-            "Ψ-Sampler and the baselines at equal NFE on a 2D Gaussian-mixture toy with an "
-            "exact tilted target, with the exact and the reflowed model. Prints the table and "
-            "writes toy_<preset>.png, toy.md and toy.json into --out."
+            "Ψ-Sampler and the baselines at equal NFE on 2D Gaussian-mixture toys with exact "
+            "tilted targets, with the exact and the reflowed model. Prints the tables and "
+            "writes toy_<preset>.png, toy.md, toy.json and toy.csv (per-seed rows) into --out."
         ),
     )
-    demo.add_argument("--out", default="psijax-demo", help="output folder (default: %(default)s)")
-    demo.add_argument(
+    _add_common_arguments(toy, f"psijax-{name}")
+    toy.add_argument(
         "--preset",
-        default=DEMO_PRESET,
-        help="a name of psijax.models.presets.TOY_PROBLEMS; with the reflow model one of "
-        "six_modes_mixture, six_modes_quadratic, unequal_rare_modes (default: %(default)s)",
+        default=presets,
+        help="comma-separated names of psijax.models.presets.TOY_PROBLEMS, or 'all'; the "
+        "reflow model exists for six_modes_mixture, six_modes_quadratic and unequal_rare_modes "
+        "(with 'all', the others run the exact model only) (default: %(default)s)",
     )
-    demo.add_argument(
+    toy.add_argument(
         "--models",
         default="exact,reflow",
         type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
         help="comma-separated: exact, reflow (default: %(default)s)",
     )
-    demo.add_argument(
+    toy.add_argument(
         "--methods",
-        default=",".join(DEMO_METHODS),
+        default=methods,
         help="comma-separated sampler names (psijax.align.SAMPLERS, 'tempered', a "
         "'[flow_map]' suffix on initial-stage methods) or 'all' (default: %(default)s)",
     )
-    _add_budget_arguments(demo, "seeds per method")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the exact reference draws")
-    demo.add_argument(
+    _add_budget_arguments(toy, "seeds per method")
+    toy.add_argument("--seed", type=int, default=0, help="seed of the exact reference draws")
+    toy.add_argument(
         "--occupancy-size",
         type=int,
         default=50_000,
         help="exact draws for the target's mode occupancy (default: %(default)s)",
     )
-    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    demo.set_defaults(run=_demo, check=_check_demo)
+    toy.set_defaults(run=_toy, check=_check_toy)
+
+
+def _add_bench(commands) -> None:
+    from psijax.experiments.bench import DEFAULT_METHODS
+
+    bench = commands.add_parser(
+        "bench",
+        help="time the samplers (compile and median run) on the 2D toy",
+        description=(
+            "Compile time, median run time, NFE and time per particle-step of each sampler on "
+            "the exact 2D six-mode toy (a cheap model: the samplers' own cost). Writes "
+            "bench.json, bench.csv and bench.png into --out."
+        ),
+    )
+    _add_common_arguments(bench, "psijax-bench")
+    bench.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help="comma-separated names of psijax.align.SAMPLERS (default: %(default)s)",
+    )
+    bench.add_argument("--particles", type=int, default=64, help="N (default: %(default)s)")
+    bench.add_argument("--steps", type=int, default=25, help="T (default: %(default)s)")
+    bench.add_argument("--repeats", type=int, default=10, help="timed calls per method")
+    bench.add_argument(
+        "--all-devices",
+        action="store_true",
+        help="shard the particles over every device (psijax.smc.particle_mesh())",
+    )
+    bench.set_defaults(run=_bench, check=_check_bench)
+
+
+def _add_common_arguments(parser, out: str) -> None:
+    """--out, --no-progress and --compilation-cache, on every command."""
+    parser.add_argument("--out", default=out, help="output folder (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--compilation-cache",
+        metavar="DIR",
+        default=os.environ.get("PSIJAX_COMPILATION_CACHE"),
+        help="persistent XLA compilation cache folder (jax_compilation_cache_dir): a second "
+        "run with the same sizes skips most compilation (default: $PSIJAX_COMPILATION_CACHE, "
+        "else off)",
+    )
 
 
 def _add_acceptance(commands) -> None:
@@ -359,18 +491,17 @@ def _add_acceptance(commands) -> None:
             "Gaussian target. Writes a PNG, a CSV and a JSON into --out."
         ),
     )
-    acc.add_argument("--out", default="psijax-demo", help="output folder (default: %(default)s)")
+    _add_common_arguments(acc, "psijax-acceptance")
     acc.add_argument("--dims", type=int, nargs="+", default=list(ACCEPTANCE_DIMS))
     acc.add_argument("--step-sizes", type=float, nargs="+", default=list(ACCEPTANCE_STEP_SIZES))
     acc.add_argument("--chains", type=int, default=5)
     acc.add_argument("--steps", type=int, default=100)
     acc.add_argument("--burn-in", type=int, default=25)
     acc.add_argument("--seed", type=int, default=0)
-    acc.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     acc.set_defaults(run=_acceptance, check=_check_acceptance)
 
 
-def _check_demo(args: argparse.Namespace) -> None:
+def _check_toy(args: argparse.Namespace) -> None:
     for name in ("budget", "steps", "seeds", "occupancy_size"):
         if getattr(args, name) < 1:
             raise SystemExit(f"psijax: --{name.replace('_', '-')} must be >= 1")
@@ -380,12 +511,38 @@ def _check_demo(args: argparse.Namespace) -> None:
     from psijax.experiments.toy import REFLOW_DATA
     from psijax.models.presets import TOY_PROBLEMS
 
-    if args.preset not in TOY_PROBLEMS:
-        raise SystemExit(f"psijax: --preset must be one of {', '.join(TOY_PROBLEMS)}")
-    if "reflow" in args.models and args.preset not in REFLOW_DATA:
+    presets = _presets(args)
+    unknown = [p for p in presets if p not in TOY_PROBLEMS]
+    if unknown or not presets:
         raise SystemExit(
-            f"psijax: --preset {args.preset} has no reflow model; use one of "
-            f"{', '.join(REFLOW_DATA)} or --models exact"
+            f"psijax: --preset must name some of {', '.join(TOY_PROBLEMS)} or 'all', "
+            f"got {unknown or 'none'}"
+        )
+    if "reflow" in args.models and args.preset.strip() != "all":
+        missing = [p for p in presets if p not in REFLOW_DATA]
+        if missing:
+            raise SystemExit(
+                f"psijax: --preset {', '.join(missing)} has no reflow model; use "
+                f"{', '.join(REFLOW_DATA)} or --models exact"
+            )
+    _demo_methods(args)  # checks --methods against --budget and --steps
+
+
+def _check_bench(args: argparse.Namespace) -> None:
+    import jax
+
+    from psijax.align import SAMPLERS
+
+    for name in ("particles", "steps", "repeats"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"psijax: --{name} must be >= 1")
+    unknown = [m for m in _bench_methods(args) if m not in SAMPLERS]
+    if unknown:
+        raise SystemExit(f"psijax: --methods must name samplers of {', '.join(SAMPLERS)}")
+    if args.all_devices and args.particles % jax.device_count():
+        raise SystemExit(
+            f"psijax: --particles {args.particles} must be a multiple of the "
+            f"{jax.device_count()} devices with --all-devices"
         )
 
 
@@ -406,15 +563,35 @@ def build_parser() -> argparse.ArgumentParser:
         prog="psijax", description="Inference-time reward alignment in JAX (Ψ-Sampler)."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    _add_demo(commands)
+    _add_toy(
+        commands,
+        "demo",
+        DEMO_PRESET,
+        ",".join(DEMO_METHODS),
+        "a few samplers at equal NFE on one 2D toy with an exact target (about a minute on CPU)",
+    )
+    _add_toy(
+        commands,
+        "toy",
+        "all",
+        "all",
+        "the toy study: every sampler at equal NFE on every 2D toy (tens of minutes on CPU)",
+    )
     _add_acceptance(commands)
     _add_digits(commands)
+    _add_bench(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``psijax <command> [options]`` (``argv``: the arguments, default ``sys.argv[1:]``);
+    the return value is the exit status."""
     args = build_parser().parse_args(argv)
     args.check(args)
+    if args.compilation_cache:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.path.abspath(args.compilation_cache))
     return args.run(args)
 
 

@@ -1,4 +1,5 @@
-"""The ``psijax`` command line: ``demo`` (the toy alignment study) and ``acceptance``."""
+"""The ``psijax`` command line: ``demo`` / ``toy`` (the toy alignment study), ``acceptance``,
+``bench`` and the options every command shares (``digits`` is tested in tests/experiments)."""
 
 import csv
 import json
@@ -71,6 +72,9 @@ def test_demo_writes_figure_table_and_json(tmp_path, capsys):
         (["acceptance", "--steps", "10", "--burn-in", "10"], "--burn-in"),
         (["acceptance", "--step-sizes", "-1"], "--step-sizes"),
         (["acceptance", "--dims", "0"], "--dims"),
+        (["toy", "--preset", "nonesuch"], "--preset must name some of"),
+        (["bench", "--methods", "hmc"], "--methods must name samplers"),
+        (["bench", "--particles", "0"], "--particles must be >= 1"),
     ],
 )
 def test_cli_rejects_bad_arguments(argv, match):
@@ -115,3 +119,53 @@ def test_acceptance_writes_results_and_shows_dimension_robustness(tmp_path, caps
 def test_study_rejects_unknown_sampler():
     with pytest.raises(ValueError, match="samplers"):
         acceptance.acceptance_vs_dimension(dims=(2,), samplers=("hmc",))
+
+
+@pytest.mark.parametrize("command", ["demo", "toy", "acceptance", "digits", "bench"])
+def test_every_command_has_help_with_the_common_options(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--out", "--no-progress", "--compilation-cache"):
+        assert option in text
+
+
+def test_bench_times_samplers_and_fills_the_compilation_cache(tmp_path, capsys):
+    """Two methods at a tiny size: the rows are consistent (NFE = N·T for TDS, times positive,
+    µs per particle-step = run / (N·T)), the files are written, and the persistent compilation
+    cache receives the compiled programs."""
+    cache = tmp_path / "cache"
+    argv = ["bench", "--methods", "tds,dps", "--particles", "8", "--steps", "4"]
+    argv += ["--repeats", "2", "--out", str(tmp_path), "--no-progress"]
+    assert main(argv + ["--compilation-cache", str(cache)]) == 0
+    record = json.loads((tmp_path / "bench.json").read_text())
+    rows = {r["method"]: r for r in record["rows"]}
+    assert set(rows) == {"tds", "dps"}
+    assert rows["tds"]["nfe"] == 8 * 4 and rows["dps"]["nfe"] == 8 * 4
+    for r in rows.values():
+        assert r["run_s"] > 0 and r["compile_s"] >= 0
+        assert r["us_per_particle_step"] == pytest.approx(1e6 * r["run_s"] / 32)
+    with open(tmp_path / "bench.csv") as f:
+        assert [r["method"] for r in csv.DictReader(f)] == ["tds", "dps"]
+    assert (tmp_path / "bench.png").stat().st_size > 5_000
+    assert any(cache.iterdir())
+    assert "| tds | 32 |" in capsys.readouterr().out
+
+
+def test_toy_runs_several_presets_and_writes_csv(tmp_path):
+    """``--preset all`` is the default of ``psijax toy``; here two presets, one without a reflow
+    model, exact model only: a figure per preset, and CSV rows = JSON rows."""
+    presets = "six_modes_quadratic,anisotropic_coordinate"
+    argv = ["toy", "--preset", presets, "--models", "exact", "--methods", "tds", "--seeds", "1"]
+    argv += ["--budget", "100", "--steps", "5", "--occupancy-size", "2000"]
+    assert main(argv + ["--out", str(tmp_path), "--no-progress"]) == 0
+    for preset in presets.split(","):
+        assert (tmp_path / f"toy_{preset}.png").stat().st_size > 5_000
+    record = json.loads((tmp_path / "toy.json").read_text())
+    assert record["config"]["presets"] == presets.split(",")
+    with open(tmp_path / "toy.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(record["rows"])
+    assert {r["preset"] for r in rows} == set(presets.split(","))
+

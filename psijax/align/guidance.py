@@ -70,6 +70,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from blackjax.types import Array, ArrayLike, PRNGKey
+from jax.sharding import Mesh
 
 from psijax._checks import check_int, concrete_value
 from psijax._tree import tree_normal
@@ -83,6 +84,7 @@ from psijax.flows.sde import (
     step,
     transition_from_velocity,
 )
+from psijax.smc.sharding import check_divisible, check_mesh, constrain, map_particles
 
 __all__ = ["dps", "freedom", "best_of_n", "NORMALIZE_EPS"]
 
@@ -103,6 +105,7 @@ def dps(
     normalize: bool = False,
     diffusion: Diffusion | None = None,
     grid: ArrayLike | None = None,
+    mesh: Mesh | None = None,
 ) -> AlignmentResult:
     r"""Diffusion posterior sampling: the stochastic sampler plus ``ζΔ∇_x r(x̂0(x, t))``.
 
@@ -138,6 +141,10 @@ def dps(
         the Euler ODE.
     grid
         Optional concrete times ``1 = t_0 > … > t_T = 0``.
+    mesh
+        A :class:`jax.sharding.Mesh` to shard the particles over (``N`` a multiple of its device
+        count), or ``None``; particle ``i``'s randomness comes from ``fold_in(rng_key, i)``, so
+        the result does not depend on it (:mod:`psijax.smc.sharding`).
 
     Returns
     -------
@@ -151,7 +158,7 @@ def dps(
         Naming the invalid argument.
     """
     return _guided_sampler(
-        rng_key, problem, num_particles, num_steps, guidance_scale, normalize, diffusion, grid
+        rng_key, problem, num_particles, num_steps, guidance_scale, normalize, diffusion, grid, mesh
     )
 
 
@@ -167,6 +174,7 @@ def freedom(
     window: tuple[float, float] = (0.3, 0.7),
     diffusion: Diffusion | None = None,
     grid: ArrayLike | None = None,
+    mesh: Mesh | None = None,
 ) -> AlignmentResult:
     r"""FreeDoM: the DPS guided step plus time travel inside a window of the schedule.
 
@@ -179,7 +187,7 @@ def freedom(
 
     Parameters
     ----------
-    rng_key, problem, num_particles, num_steps, guidance_scale, normalize, diffusion, grid
+    rng_key, problem, num_particles, num_steps, guidance_scale, normalize, diffusion, grid, mesh
         As in :func:`dps`.
     num_repeats
         ``K ≥ 0`` time-travel repeats per window step; ``K = 0`` is :func:`dps` exactly.
@@ -208,6 +216,7 @@ def freedom(
         normalize,
         diffusion,
         grid,
+        mesh,
         num_repeats=num_repeats,
         window=window,
     )
@@ -221,6 +230,7 @@ def best_of_n(
     num_steps: int | None = 25,
     diffusion: Diffusion | None = None,
     grid: ArrayLike | None = None,
+    mesh: Mesh | None = None,
 ) -> AlignmentResult:
     r"""Best-of-N: ``N`` unguided samples, keep the one with the highest exact reward.
 
@@ -231,7 +241,7 @@ def best_of_n(
 
     Parameters
     ----------
-    rng_key, problem, num_particles, num_steps, diffusion, grid
+    rng_key, problem, num_particles, num_steps, diffusion, grid, mesh
         As in :func:`dps`. Any x0-predictor is accepted (none is used).
 
     Returns
@@ -247,22 +257,23 @@ def best_of_n(
 
     """
     _check_problem(problem)
-    n = check_int(num_particles, "num_particles", 1)
+    n = _check_particles(num_particles, mesh)
     times = jnp.asarray(denoising_grid(num_steps, grid), jnp.float32)
     diffusion = _resolve_diffusion(diffusion)
 
+    def one(key, y, t, t_next):
+        return step(key, problem.velocity_fn, y, t, t_next, diffusion)[0]
+
+    one = map_particles(one, mesh, in_axes=(0, 0, None, None))
+
     def body(x, inputs):
         keys, t, t_next = inputs
-
-        def one(key, y):
-            return step(key, problem.velocity_fn, y, t, t_next, diffusion)[0]
-
-        return jax.vmap(one)(keys, x), None
+        return one(keys, x, t, t_next), None
 
     num = times.shape[0] - 1
-    x, keys = _initial_particles(rng_key, n, problem.event_shape, num)
+    x, keys = _initial_particles(rng_key, n, problem.event_shape, num, mesh)
     x, _ = jax.lax.scan(body, x, (keys, times[:-1], times[1:]))
-    return _result(problem, x, jnp.asarray(n * num, jnp.int32), best_only=True)
+    return _result(problem, x, jnp.asarray(n * num, jnp.int32), best_only=True, mesh=mesh)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,12 +288,13 @@ def _guided_sampler(
     normalize,
     diffusion,
     grid,
+    mesh,
     num_repeats: int = 0,
     window: tuple[float, float] = (0.0, 1.0),
 ) -> AlignmentResult:
     """DPS (``num_repeats = 0``) and FreeDoM: validate, then scan the guided step."""
     _check_problem(problem)
-    n = check_int(num_particles, "num_particles", 1)
+    n = _check_particles(num_particles, mesh)
     grid = denoising_grid(num_steps, grid)
     times = jnp.asarray(grid, jnp.float32)
     diffusion = _resolve_diffusion(diffusion)
@@ -296,9 +308,10 @@ def _guided_sampler(
     def guided(key, x, t, t_next):
         return _guided_step(key, problem, x, t, t_next, diffusion, scale, bool(normalize))
 
-    x, keys = _initial_particles(rng_key, n, problem.event_shape, len(repeats))
-    x, nfe = _guided_scan(jax.vmap(guided, in_axes=(0, 0, None, None)), x, keys, times, repeats)
-    return _result(problem, x, jnp.sum(nfe, dtype=jnp.int32), best_only=False)
+    x, keys = _initial_particles(rng_key, n, problem.event_shape, len(repeats), mesh)
+    guided = map_particles(guided, mesh, in_axes=(0, 0, None, None))
+    x, nfe = _guided_scan(guided, x, keys, times, repeats)
+    return _result(problem, x, jnp.sum(nfe, dtype=jnp.int32), best_only=False, mesh=mesh)
 
 
 def _guidance(reward: Array, grad: Array, step_scale: Array, normalize: bool) -> Array:
@@ -359,7 +372,7 @@ def _guided_scan(
 
 
 def _initial_particles(
-    rng_key: PRNGKey, num_particles: int, event_shape: tuple, num_steps: int
+    rng_key: PRNGKey, num_particles: int, event_shape: tuple, num_steps: int, mesh
 ) -> tuple[Array, Array]:
     """``x_{t_0} ~ N(0, I)`` per particle and the step keys, shaped ``(T, N)`` for the scan."""
 
@@ -368,13 +381,13 @@ def _initial_particles(
         x = jax.random.normal(k_init, event_shape, jnp.float32)
         return x, jax.random.split(k_path, num_steps)
 
-    x, keys = jax.vmap(one)(jnp.arange(num_particles))
+    x, keys = constrain(jax.vmap(one)(jnp.arange(num_particles)), mesh)
     return x, jnp.swapaxes(keys, 0, 1)
 
 
-def _result(problem: RewardProblem, x: Array, nfe: Array, best_only: bool) -> AlignmentResult:
+def _result(problem: RewardProblem, x: Array, nfe: Array, best_only: bool, mesh) -> AlignmentResult:
     """Exact rewards at ``t = 0`` (no model call), log-weights, and the guidance-method info."""
-    reward = jax.vmap(problem.reward)(x)
+    reward = map_particles(problem.reward, mesh)(x)
     valid = jnp.isfinite(reward) & jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
     rewards = jnp.where(valid, reward, jnp.nan)
     if best_only:
@@ -392,6 +405,12 @@ def _result(problem: RewardProblem, x: Array, nfe: Array, best_only: bool) -> Al
 # ----------------------------------------------------------------------------------------------
 # Argument checks (at build time, before anything runs)
 # ----------------------------------------------------------------------------------------------
+def _check_particles(num_particles, mesh) -> int:
+    n = check_int(num_particles, "num_particles", 1)
+    check_divisible(check_mesh(mesh), n, "num_particles")
+    return n
+
+
 def _check_problem(problem) -> None:
     if not isinstance(problem, RewardProblem):
         raise ValueError(f"`problem` must be a RewardProblem, got {type(problem).__name__}.")

@@ -45,11 +45,13 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax.mcmc.diffusions import overdamped_langevin
 from blackjax.types import Array, PRNGKey
+from jax.sharding import Mesh
 
 from psijax._checks import check_int, concrete_value
 from psijax.align.problem import RewardProblem
 from psijax.mcmc import pcn, pcnl, ula
 from psijax.mcmc.adaptation import step_size_adaptation
+from psijax.smc.sharding import check_divisible, check_mesh, constrain, map_particles
 
 __all__ = [
     "METHODS",
@@ -114,6 +116,7 @@ def initial_particles(
     num_mcmc_steps: int = 5,
     target_ess: float = 0.5,
     on_too_few_states: str = "error",
+    mesh: Mesh | None = None,
 ) -> InitialParticles:
     r"""``K = num_particles`` initial particles at ``t = 1`` (for every method but the prior
     and Top-K, from ``π_init(x) ∝ N(x; 0, I)·exp(r(x̂0(x, 1))/α_init)``).
@@ -151,6 +154,12 @@ def initial_particles(
     on_too_few_states
         ``K > C·S`` would repeat states: ``"error"`` raises, ``"more_chains"`` raises ``C`` to
         ``⌈K/S⌉``.
+    mesh
+        A :class:`jax.sharding.Mesh`, or ``None``: shard the chains (``C``), Top-K's candidates
+        (``N``) or the tempered particles (``K``) over its devices; that count must be a
+        multiple of the device count (:mod:`psijax.smc.sharding`). The chains and candidates
+        evaluate ``r_init`` under ``shard_map``; the tempered stage (BlackJAX's loop) and the
+        step-size adaptation are partitioned by ``jit`` from their sharded inputs.
 
     Returns
     -------
@@ -181,18 +190,20 @@ def initial_particles(
 
     if method == "prior":
         x = jax.random.normal(rng_key, (num_particles, *problem.event_shape), jnp.float32)
+        x = constrain(x, mesh)
         info = _no_mcmc_info(log_normalizer=0.0)
         return InitialParticles(x, jnp.zeros(num_particles), jnp.int32(0), info)
     if method == "top_k":
-        n = 4 * num_particles if num_candidates is None else num_candidates
-        x = jax.random.normal(rng_key, (n, *problem.event_shape), jnp.float32)
-        reward, nfe = jax.vmap(reward_and_nfe)(x)
+        n = _num_candidates(num_candidates, num_particles)
+        x = constrain(jax.random.normal(rng_key, (n, *problem.event_shape), jnp.float32), mesh)
+        reward, nfe = map_particles(reward_and_nfe, mesh)(x)
         _, best = jax.lax.top_k(jnp.where(jnp.isfinite(reward), reward, -jnp.inf), num_particles)
         info = _no_mcmc_info(log_normalizer=jnp.nan)
         return InitialParticles(x[best], jnp.zeros(num_particles), jnp.sum(nfe), info)
     if method == "tempered":
         key_init, key_smc = jax.random.split(rng_key)
         x = jax.random.normal(key_init, (num_particles, *problem.event_shape), jnp.float32)
+        x = constrain(x, mesh)
         return _tempered(key_smc, x, log_likelihood, nfe_fn, step_size, num_mcmc_steps, target_ess)
 
     module, proposal_fn, eps_per_h = _CHAINS[method]
@@ -202,6 +213,7 @@ def initial_particles(
     table, slot, k_max = _storage_plan(chain, step, num_chains, num_kept)
     key_init, key_burn, key_kept = jax.random.split(rng_key, 3)
     positions = jax.random.normal(key_init, (num_chains, *problem.event_shape), jnp.float32)
+    positions = constrain(positions, mesh)
 
     h = jnp.asarray(step_size, jnp.float32)
     if adapt_step_size:
@@ -214,8 +226,8 @@ def initial_particles(
         (states, params), _ = adaptation.run(key_burn, positions, burn_in)
         h = params["step_size"]
     else:
-        states = jax.vmap(lambda x: algorithm.init(x, logdensity_fn))(positions)
-    step_fn = _vmapped_step(algorithm.build_kernel(), logdensity_fn, eps_per_h * h)
+        states = map_particles(lambda x: algorithm.init(x, logdensity_fn), mesh)(positions)
+    step_fn = _vmapped_step(algorithm.build_kernel(), logdensity_fn, eps_per_h * h, mesh)
     if burn_in > 0 and not adapt_step_size:
         states, _ = jax.lax.scan(step_fn, states, jax.random.split(key_burn, burn_in))
 
@@ -317,16 +329,17 @@ _CHAINS = {
 }
 
 
-def _vmapped_step(kernel: Callable, logdensity_fn: Callable, step_size) -> Callable:
-    """``(states, key) -> (states, acceptance (C,))``: one step of every chain."""
+def _vmapped_step(kernel: Callable, logdensity_fn: Callable, step_size, mesh) -> Callable:
+    """``(states, key) -> (states, acceptance (C,))``: one step of every chain (each device
+    steps its own chains; the chain keys are split globally, so they do not depend on ``mesh``)."""
 
-    def one(key, state):
+    def one(key, state, step_size):
         state, info = kernel(key, state, logdensity_fn, step_size)
         return state, info.acceptance_rate
 
     def step(states, key):
         keys = jax.random.split(key, states.nfe.shape[0])
-        return jax.vmap(one)(keys, states)
+        return map_particles(one, mesh, in_axes=(0, 0, None))(keys, states, step_size)
 
     return step
 
@@ -473,7 +486,18 @@ def _check_arguments(a: types.SimpleNamespace) -> int:
             raise ValueError("`burn_in` must be >= 1 with adapt_step_size (it adapts there).")
         _check_open(a.target_acceptance_rate, "target_acceptance_rate", 0.0, 1.0)
     if a.method in _CHAINS and k > c * s:
-        if a.on_too_few_states == "more_chains":
-            return -(-k // s)
-        thinning_layout(k, c, s)  # raises, naming num_particles, num_chains and num_kept
+        if a.on_too_few_states != "more_chains":
+            thinning_layout(k, c, s)  # raises, naming num_particles, num_chains and num_kept
+        c = -(-k // s)
+    mesh = check_mesh(a.mesh)
+    if a.method in _CHAINS:
+        check_divisible(mesh, c, "num_chains")
+    elif a.method == "top_k":
+        check_divisible(mesh, _num_candidates(a.num_candidates, k), "num_candidates")
+    else:  # prior, tempered: the particles themselves
+        check_divisible(mesh, k, "num_particles")
     return c
+
+
+def _num_candidates(num_candidates: int | None, num_particles: int) -> int:
+    return 4 * num_particles if num_candidates is None else num_candidates

@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from blackjax.types import ArrayLike, PRNGKey
+from jax.sharding import Mesh
 
 from psijax._checks import check_int
 from psijax.align.guidance import best_of_n, dps, freedom
@@ -54,6 +55,7 @@ from psijax.align.problem import RewardProblem
 from psijax.align.result import AlignmentResult, SamplerInfo
 from psijax.align.smc import run_smc
 from psijax.flows.sde import Diffusion, denoising_grid, reference_diffusion
+from psijax.smc.sharding import check_divisible, check_mesh
 
 __all__ = [
     "smc",
@@ -119,6 +121,7 @@ def smc(
     ess_threshold: float = 0.5,
     nfe_budget: int | None = None,
     budget_split: float = 0.5,
+    mesh: Mesh | None = None,
     **init_options,
 ) -> AlignmentResult:
     r"""SMC over the denoising grid from an initial stage: the one driver of the SMC family.
@@ -150,6 +153,11 @@ def smc(
         array of ``T + 1`` values.
     nfe_budget, budget_split
         Fix the total NFE and the initial stage's share ``s ∈ (0, 1)`` (module docstring).
+    mesh
+        A :class:`jax.sharding.Mesh` to shard the particles and chains over, or ``None`` (one
+        device). The SMC's ``N`` and the initial stage's sharded count (chains, Top-K's
+        candidates) must be multiples of its device count; the result equals the single-device
+        one to float tolerance (:mod:`psijax.smc.sharding`).
     **init_options
         Keyword arguments of :func:`psijax.align.init.initial_particles` (``alpha``,
         ``step_size``, ``num_chains``, ``burn_in``, ``num_kept``, ``adapt_step_size``,
@@ -180,6 +188,7 @@ def smc(
         budget_split,
         dict(init_options),
     )
+    check_divisible(check_mesh(mesh), num_particles, "num_particles")  # before any stage runs
     if tempering is None:
         schedule = None
     elif isinstance(tempering, str):
@@ -190,7 +199,9 @@ def smc(
         schedule = tempering
 
     key_init, key_smc = jax.random.split(rng_key)
-    start = initial_particles(key_init, init_problem, num_particles, method=init, **init_options)
+    start = initial_particles(
+        key_init, init_problem, num_particles, method=init, mesh=mesh, **init_options
+    )
     result = run_smc(
         key_smc,
         problem,
@@ -203,6 +214,7 @@ def smc(
         schedule=schedule,
         resampling=resampling,
         ess_threshold=ess_threshold,
+        mesh=mesh,
     )
     log_z_init = start.info.log_normalizer  # 0 (prior), log Ẑ_init (tempered), NaN otherwise
     info = SamplerInfo(

@@ -58,12 +58,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from blackjax.types import Array, ArrayLike, PRNGKey
+from jax.sharding import Mesh
 
 from psijax._checks import concrete_value
 from psijax.align.problem import RewardProblem
 from psijax.align.result import AlignmentResult
 from psijax.flows.sde import Diffusion, Transition, denoising_grid, transition_from_velocity
 from psijax.smc.resampling import get_scheme
+from psijax.smc.sharding import check_divisible, check_mesh, constrain, map_particles
 from psijax.smc.weights import (
     check_threshold,
     ess,
@@ -116,6 +118,7 @@ def run_smc(
     schedule: ArrayLike | None = None,
     resampling: str = "systematic",
     ess_threshold: float = 0.5,
+    mesh: Mesh | None = None,
 ) -> AlignmentResult:
     r"""Run one SMC over ``grid`` from weighted particles at ``t_0 = 1`` (module docstring).
 
@@ -148,6 +151,9 @@ def run_smc(
         A scheme name of :func:`psijax.smc.resampling.get_scheme`.
     ess_threshold
         ``κ ∈ [0, 1]``: resample when ``ESS ≤ κN``.
+    mesh
+        A :class:`jax.sharding.Mesh` to shard the particles over (``N`` a multiple of its
+        device count), or ``None`` (:mod:`psijax.smc.sharding`).
 
     Returns
     -------
@@ -183,6 +189,7 @@ def run_smc(
             f"`initial_particles` must have shape (N, *{event_shape}) with N >= 1, got {x.shape}."
         )
     n = x.shape[0]
+    check_divisible(check_mesh(mesh), n, "num_particles")
     dtype = jnp.result_type(jnp.float32, x.dtype)
     if initial_log_weights is None:
         initial_log_weights = jnp.zeros((n,), dtype)
@@ -190,15 +197,17 @@ def run_smc(
     if log_w0.shape != (n,):
         raise ValueError(f"`initial_log_weights` must have shape ({n},), got {log_w0.shape}.")
 
-    x = x.astype(dtype)
+    x = constrain(x.astype(dtype), mesh)
     times = jnp.asarray(times, dtype)
     lambdas = jnp.asarray(lambdas, dtype)
     alpha = jnp.asarray(problem.alpha, dtype)
     twisted = proposal == "twisted"
+    potential_and_grad = map_particles(problem.potential_and_grad, mesh, in_axes=(0, None))
+    reward = map_particles(problem.reward, mesh)
 
     def evaluate(xs, t, lam):
         """The cache ``Cache`` of the particles at time ``t`` and the NFE it cost."""
-        r, g, v, nfe = jax.vmap(problem.potential_and_grad, in_axes=(0, None))(xs, t)
+        r, g, v, nfe = potential_and_grad(xs, t)
         r, g, bad = _sanitize_potential(r.astype(dtype), g.astype(dtype))
         return Cache(r, g, v.astype(dtype), bad, lam * r / alpha, lam * r / alpha), jnp.sum(nfe)
 
@@ -240,9 +249,10 @@ def run_smc(
         (xs, cache), log_w, _, resampled, ess_before = resample_if_needed(
             key_resample, log_w, (xs, cache), threshold, scheme
         )
+        xs, cache = constrain((xs, cache), mesh)  # the moved particles, back on their devices
         x_next, log_p_minus_q = move(key_move, xs, cache, t, t_next, lam_next)
         if last:  # t' = 0: the exact reward, no model call; log G_T = r/α − Ψ_{T−1}
-            r_next = jax.vmap(problem.reward)(x_next).astype(dtype)
+            r_next = reward(x_next).astype(dtype)
             bad_next = ~jnp.isfinite(r_next)
             r_next = jnp.where(bad_next, 0.0, r_next)
             s_next = lam_next * r_next / alpha

@@ -3,10 +3,12 @@
 :mod:`psijax.smc.resampling` holds the schemes (multinomial, stratified, systematic, residual,
 SSP), all with BlackJAX's signature ``scheme(rng_key, weights, num_samples) -> ancestors``;
 :mod:`psijax.smc.weights` holds normalization, ESS, adaptive resampling (which accumulates the
-log-weights when it does not resample) and the log-normalizer increments (ALGORITHMS.md §5).
+log-weights when it does not resample) and the log-normalizer increments (ALGORITHMS.md §5);
+:mod:`psijax.smc.sharding` splits the particle axis over a device mesh (every sampler's
+``mesh=`` argument).
 """
 
-from psijax.smc import resampling, weights
+from psijax.smc import resampling, sharding, weights
 from psijax.smc.resampling import (
     SCHEMES,
     get_scheme,
@@ -17,6 +19,7 @@ from psijax.smc.resampling import (
     stratified,
     systematic,
 )
+from psijax.smc.sharding import particle_mesh
 from psijax.smc.weights import (
     ResampleResult,
     ess,
@@ -29,6 +32,8 @@ from psijax.smc.weights import (
 __all__ = [
     "resampling",
     "weights",
+    "sharding",
+    "particle_mesh",
     "SCHEMES",
     "get_scheme",
     "multinomial",
