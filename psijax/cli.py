@@ -362,7 +362,7 @@ def _add_digits(commands) -> None:
             "samples with a held-out metric (psijax.experiments.digits): class = log p of a "
             "digit under an MLP, held out: a CNN's accuracy; layout = ink inside a box vs "
             "outside, held out: the IoU of the ink's bounding box. Writes digits_<task>.png, "
-            ".md and .json into --out."
+            ".md, .json and .csv into --out."
         ),
     )
     dig.add_argument("--task", choices=("class", "layout"), default="class")
@@ -559,6 +559,7 @@ def _check_acceptance(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``psijax`` argument parser: one sub-command per study (module docstring)."""
     parser = argparse.ArgumentParser(
         prog="psijax", description="Inference-time reward alignment in JAX (Ψ-Sampler)."
     )

@@ -168,4 +168,3 @@ def test_toy_runs_several_presets_and_writes_csv(tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == len(record["rows"])
     assert {r["preset"] for r in rows} == set(presets.split(","))
-

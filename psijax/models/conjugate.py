@@ -28,6 +28,7 @@ class ConjugateGaussian(NamedTuple):
 
     @property
     def dim(self) -> int:
+        """``d``, the dimension of a sample."""
         return self.directions.shape[1]
 
     def loglikelihood(self, x):

@@ -65,19 +65,24 @@ class GaussianMixture:
 
     # -- pytree -------------------------------------------------------------------------------
     def tree_flatten(self):
+        """Pytree protocol: the leaves ``(weights, means, covs)``, no static data."""
         return (self.weights, self.means, self.covs), None
 
     @classmethod
     def tree_unflatten(cls, aux, children):
+        """Pytree protocol: rebuild from the leaves without re-validating them (they may be
+        tracers)."""
         return _unchecked(*children)
 
     # -- shape and moments --------------------------------------------------------------------
     @property
     def num_components(self) -> int:
+        """``K``, the number of components."""
         return self.weights.shape[0]
 
     @property
     def dim(self) -> int:
+        """``d``, the dimension of a sample."""
         return self.means.shape[1]
 
     def mean(self) -> Array:

@@ -97,6 +97,7 @@ class LinearGaussianFlow:
 
     @property
     def dim(self) -> int:
+        """``d``, the dimension of a sample."""
         return self.mean.shape[0]
 
     # -- the model ---------------------------------------------------------------------------

@@ -39,6 +39,7 @@ def save_module(module: nnx.Module, path: str | os.PathLike, metadata=None) -> s
 
 
 def sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 digest of the file at ``path`` (the shipped weights' integrity check)."""
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
 

@@ -12,7 +12,13 @@ of the mesh, flattened, so a ``(hosts, local)`` mesh works as one long particle 
   global arrays, and ``jit`` partitions it (GSPMD). Resampling across devices is exactly that:
   the ``(N,)`` log-weights are gathered, every device draws the same ancestors from the same key,
   and the particles move to their new devices in the gather ``x[ancestors]``; the result is
-  pinned back to the particle sharding (:func:`constrain`).
+  pinned back to the particle sharding (:func:`constrain`). XLA compiles that gather as an
+  all-gather of the particles and of the values cached with them (for the SMC: ``x``, ``∇r``
+  and ``v``, ``3·N·d`` floats) followed by a local take, so a resampling step moves ``O(N·d)``
+  data to every device: 63 MB per device for 20 FLUX particles of 4096 × 64, small next to
+  the model's evaluations. The systematic scheme's prefix sums add a few collectives of at
+  most ``N`` numbers (on the compiled 10-step TDS: 18 all-gathers, 14 all-reduces and 30
+  collective-permutes, none larger than ``N × d``).
 
 **Device-count invariance.** All randomness is drawn from global keys and global shapes —
 ``jax.random.split(key, N)`` for chains, ``jax.random.normal(key, (N, …))`` for noise,

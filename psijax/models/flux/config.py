@@ -87,10 +87,12 @@ class FluxConfig:
 
     @property
     def head_dim(self) -> int:
+        """Width of one attention head, ``hidden_size / num_heads`` (128 for schnell and dev)."""
         return self.hidden_size // self.num_heads
 
     @property
     def mlp_hidden_dim(self) -> int:
+        """Hidden width of the blocks' MLPs, ``hidden_size · mlp_ratio``."""
         return int(self.hidden_size * self.mlp_ratio)
 
     def to_diffusers(self) -> dict:
@@ -118,6 +120,7 @@ class FluxConfig:
         )
 
     def replace(self, **changes) -> "FluxConfig":
+        """A copy with the given fields changed (validated like a new config)."""
         return dataclasses.replace(self, **changes)
 
 

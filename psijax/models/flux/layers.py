@@ -254,6 +254,8 @@ class LastLayer(nnx.Module):
         self.linear = Linear(hidden_size, out_channels, **kw)
 
     def modulation(self, vec: Array) -> tuple[Array, Array]:
+        """``(shift, scale)`` of the final adaptive LayerNorm from the conditioning vector
+        ``vec`` (BFL's order: shift first), each broadcast over the tokens."""
         shift, scale = jnp.split(self.adaLN_modulation(vec)[..., None, :], 2, axis=-1)
         return shift, scale
 
