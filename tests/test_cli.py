@@ -132,12 +132,12 @@ def test_every_command_has_help_with_the_common_options(command, capsys):
 
 
 def test_bench_times_samplers_and_fills_the_compilation_cache(tmp_path, capsys):
-    """Two methods at a tiny size: the rows are consistent (NFE = N·T for TDS, times positive,
-    µs per particle-step = run / (N·T)), the files are written, and the persistent compilation
-    cache receives the compiled programs."""
+    """Two methods at a tiny size, on a mesh of every device: the rows are consistent (NFE =
+    N·T, times positive, µs per particle-step = run / (N·T)), the files are written, and the
+    persistent compilation cache receives the compiled programs."""
     cache = tmp_path / "cache"
     argv = ["bench", "--methods", "tds,dps", "--particles", "8", "--steps", "4"]
-    argv += ["--repeats", "2", "--out", str(tmp_path), "--no-progress"]
+    argv += ["--repeats", "2", "--out", str(tmp_path), "--no-progress", "--all-devices"]
     assert main(argv + ["--compilation-cache", str(cache)]) == 0
     record = json.loads((tmp_path / "bench.json").read_text())
     rows = {r["method"]: r for r in record["rows"]}

@@ -7,7 +7,8 @@
 :func:`fk_steering`, the posterior-initialized variants :func:`top_k`, :func:`ula`,
 :func:`mala`, :func:`pcn`, and the single-particle baselines :func:`dps`, :func:`freedom`,
 :func:`best_of_n`. The pieces: :func:`initial_particles` (the initial stage) and
-:func:`run_smc` (the SMC over the denoising grid).
+:func:`run_smc` (the SMC over the denoising grid). Every sampler takes ``mesh=`` to split its
+particles over devices (:mod:`psijax.smc.sharding`).
 """
 
 from psijax.align.guidance import best_of_n, dps, freedom

@@ -188,7 +188,8 @@ def smc(
         budget_split,
         dict(init_options),
     )
-    check_divisible(check_mesh(mesh), num_particles, "num_particles")  # before any stage runs
+    origin = "" if nfe_budget is None else f" (from nfe_budget={nfe_budget})"
+    check_divisible(check_mesh(mesh), num_particles, "num_particles", origin)  # before any stage
     if tempering is None:
         schedule = None
     elif isinstance(tempering, str):

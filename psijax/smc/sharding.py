@@ -70,8 +70,9 @@ def check_mesh(mesh) -> Mesh | None:
     return mesh
 
 
-def check_divisible(mesh: Mesh | None, count: int, name: str) -> None:
-    """``ValueError`` naming ``name`` unless ``count`` is a multiple of the mesh's device count."""
+def check_divisible(mesh: Mesh | None, count: int, name: str, origin: str = "") -> None:
+    """``ValueError`` naming ``name`` unless ``count`` is a multiple of the mesh's device count;
+    ``origin`` says where a derived count came from (e.g. ``" (from nfe_budget=1000)"``)."""
     if mesh is None:
         return
     d = mesh.size
@@ -79,8 +80,8 @@ def check_divisible(mesh: Mesh | None, count: int, name: str) -> None:
         low, high = (count // d) * d, (count // d + 1) * d
         nearest = f"{low} or {high}" if low else f"{high}"
         raise ValueError(
-            f"`{name}`={count} must be a multiple of the mesh's {d} devices (each device holds "
-            f"the same number); use {nearest}, or a mesh with a device count that divides it."
+            f"`{name}`={count}{origin} must be a multiple of the mesh's {d} devices (each device "
+            f"holds the same number); use {nearest}, or a mesh with a device count that divides it."
         )
 
 

@@ -82,6 +82,8 @@ SCRIPT = textwrap.dedent(
         "candidates": lambda: align.top_k(jax.random.key(0), problem, num_particles=8,
                                           num_candidates=20, mesh=mesh),
         "guided": lambda: align.dps(jax.random.key(0), problem, num_particles=12, mesh=mesh),
+        "budget": lambda: align.tds(jax.random.key(0), problem, nfe_budget=100, num_steps=5,
+                                    mesh=mesh),
     }.items():
         try:
             call()
@@ -143,6 +145,7 @@ def test_each_device_evaluates_its_own_contiguous_block(eight_devices):
         ("chains", "`num_chains`=5 must be a multiple of the mesh's 8 devices"),
         ("candidates", "`num_candidates`=20 must be a multiple of the mesh's 8 devices"),
         ("guided", "`num_particles`=12 must be a multiple of the mesh's 8 devices"),
+        ("budget", "`num_particles`=20 (from nfe_budget=100) must be a multiple"),
     ],
 )
 def test_indivisible_counts_are_rejected_by_name(eight_devices, label, fragment):
