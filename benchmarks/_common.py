@@ -1,12 +1,13 @@
 """Shared helpers of the benchmark scripts: machine description, timing, output files."""
 
-import csv
 import os
 import platform
 import statistics
 import time
 
 import jax
+
+from psijax.experiments import records
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -49,10 +50,7 @@ def interleaved_median_times(
 def write_csv(rows: list[dict], name: str) -> str:
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, name)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    records.write_csv(rows, path)
     return path
 
 

@@ -42,13 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import interleaved_median_times, machine, write_csv, write_text  # noqa: E402
 
 from psijax import align  # noqa: E402
-from psijax.models.presets import toy_problem  # noqa: E402
+from psijax.experiments.toy import exact_problem  # noqa: E402
 from psijax.smc import particle_mesh  # noqa: E402
-
-
-def toy() -> align.RewardProblem:
-    p = toy_problem("six_modes_quadratic")
-    return align.RewardProblem(p.data.velocity, p.reward_fn, (2,), p.alpha)
 
 
 def isotropic(dim: int, scale: float = 0.5) -> align.RewardProblem:
@@ -98,7 +93,8 @@ def main() -> None:
     steps = args.steps
 
     rows = []
-    sweeps = [("N", 2**k, 2, toy()) for k in range(4, max_log2n + 1)]
+    toy = exact_problem("six_modes_quadratic")
+    sweeps = [("N", 2**k, 2, toy) for k in range(4, max_log2n + 1)]
     sweeps += [("d", 256, d, isotropic(d)) for d in dims]
     for sweep, n, dim, problem in sweeps:
         times = time_point(problem, n, steps, meshes, budget_s=10.0)

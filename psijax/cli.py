@@ -16,12 +16,11 @@ cache, so that repeated runs at the same sizes skip most compilation.
 """
 
 import argparse
-import csv
-import json
-import math
 import os
 import sys
 import time
+
+from psijax.experiments import records
 
 __all__ = ["main", "build_parser"]
 
@@ -89,9 +88,8 @@ def _toy(args: argparse.Namespace) -> int:
         "rows": rows,
         "timings": timings,
     }
-    with open(os.path.join(args.out, "toy.json"), "w") as f:
-        json.dump(_json_safe(record), f, indent=1, allow_nan=False)
-    _write_csv(rows, os.path.join(args.out, "toy.csv"))
+    records.write_json(record, os.path.join(args.out, "toy.json"))
+    records.write_csv(rows, os.path.join(args.out, "toy.csv"))
     print("\n" + table)
     print(f"\nFigures: {', '.join(figures)}\nTable: {os.path.join(args.out, 'toy.md')}")
     print(f"Took {elapsed:.1f} s on {jax.default_backend()}.")
@@ -103,7 +101,7 @@ def _presets(args: argparse.Namespace) -> tuple[str, ...]:
 
     if args.preset.strip() == "all":
         return TOY_PROBLEMS
-    return tuple(p.strip() for p in args.preset.split(",") if p.strip())
+    return _names(args.preset)
 
 
 def _demo_methods(args: argparse.Namespace) -> tuple[str, ...]:
@@ -112,7 +110,7 @@ def _demo_methods(args: argparse.Namespace) -> tuple[str, ...]:
 
     if args.methods.strip() == "all":
         return toy.default_methods()
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    methods = _names(args.methods)
     if not methods:
         raise SystemExit("psijax: --methods must name at least one method")
     for name in methods:
@@ -123,26 +121,9 @@ def _demo_methods(args: argparse.Namespace) -> tuple[str, ...]:
     return methods
 
 
-def _write_csv(rows: list[dict], path: str) -> None:
-    """Rows as CSV, the columns the union of their keys in first-seen order."""
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _json_safe(value):
-    """NaN/inf → None, numpy scalars → Python numbers (strict JSON)."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+def _names(text: str) -> tuple[str, ...]:
+    """The non-empty, stripped items of a comma-separated option value."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 # -- psijax acceptance ---------------------------------------------------------------------------
@@ -166,9 +147,9 @@ def _acceptance(args: argparse.Namespace) -> int:
 
     figure = os.path.join(args.out, "acceptance_vs_dimension.png")
     acceptance.plot(rows, figure)
-    _write_csv(rows, os.path.join(args.out, "acceptance_vs_dimension.csv"))
-    with open(os.path.join(args.out, "acceptance_vs_dimension.json"), "w") as f:
-        json.dump({"backend": jax.default_backend(), "seconds": elapsed, "rows": rows}, f, indent=1)
+    records.write_csv(rows, os.path.join(args.out, "acceptance_vs_dimension.csv"))
+    record = {"backend": jax.default_backend(), "seconds": elapsed, "rows": rows}
+    records.write_json(record, os.path.join(args.out, "acceptance_vs_dimension.json"))
 
     print(
         "\nAcceptance vs dimension — conjugate Gaussian target (likelihood on 3 directions), "
@@ -189,7 +170,7 @@ def _bench(args: argparse.Namespace) -> int:
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
     rows = bench.time_samplers(
-        _bench_methods(args),
+        _names(args.methods),
         num_particles=args.particles,
         num_steps=args.steps,
         all_devices=args.all_devices,
@@ -197,10 +178,9 @@ def _bench(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     elapsed = time.perf_counter() - start
-    _write_csv(rows, os.path.join(args.out, "bench.csv"))
+    records.write_csv(rows, os.path.join(args.out, "bench.csv"))
     record = {"backend": jax.default_backend(), "devices": jax.device_count(), "rows": rows}
-    with open(os.path.join(args.out, "bench.json"), "w") as f:
-        json.dump(_json_safe(record | {"seconds": elapsed}), f, indent=1, allow_nan=False)
+    records.write_json(record | {"seconds": elapsed}, os.path.join(args.out, "bench.json"))
     figure = os.path.join(args.out, "bench.png")
     _plot_bench(rows, figure)
     lines = [
@@ -217,10 +197,6 @@ def _bench(args: argparse.Namespace) -> int:
     print("\n".join(lines))
     print(f"\nFigure: {figure}\nTook {elapsed:.1f} s.")
     return 0
-
-
-def _bench_methods(args: argparse.Namespace) -> tuple[str, ...]:
-    return tuple(m.strip() for m in args.methods.split(",") if m.strip())
 
 
 def _plot_bench(rows: list[dict], path: str) -> None:
@@ -286,9 +262,8 @@ def _digits(args: argparse.Namespace) -> int:
         "rows": rows,
         "timings": timings,
     }
-    with open(os.path.join(args.out, f"digits_{args.task}.json"), "w") as f:
-        json.dump(_json_safe(record), f, indent=1, allow_nan=False)
-    _write_csv(rows, os.path.join(args.out, f"digits_{args.task}.csv"))
+    records.write_json(record, os.path.join(args.out, f"digits_{args.task}.json"))
+    records.write_csv(rows, os.path.join(args.out, f"digits_{args.task}.csv"))
     print("\n" + table)
     print(f"\nFigure: {figure}\nTable and metrics: {args.out}/digits_{args.task}.{{md,json,csv}}")
     print(f"Took {elapsed:.1f} s on {jax.default_backend()}.")
@@ -319,7 +294,7 @@ def _check_digits(args: argparse.Namespace) -> None:
     if args.method.strip() == "all":
         args.methods = digits.default_methods()
     else:
-        args.methods = tuple(m.strip() for m in args.method.split(",") if m.strip())
+        args.methods = _names(args.method)
     if not args.methods:
         raise SystemExit("psijax: --method must name at least one method")
     for name in args.methods:
@@ -419,7 +394,7 @@ def _add_toy(commands, name: str, presets: str, methods: str, help_text: str) ->
     toy.add_argument(
         "--models",
         default="exact,reflow",
-        type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
+        type=lambda text: list(_names(text)),
         help="comma-separated: exact, reflow (default: %(default)s)",
     )
     toy.add_argument(
@@ -529,21 +504,22 @@ def _check_toy(args: argparse.Namespace) -> None:
 
 
 def _check_bench(args: argparse.Namespace) -> None:
-    import jax
-
     from psijax.align import SAMPLERS
 
     for name in ("particles", "steps", "repeats"):
         if getattr(args, name) < 1:
             raise SystemExit(f"psijax: --{name} must be >= 1")
-    unknown = [m for m in _bench_methods(args) if m not in SAMPLERS]
+    unknown = [m for m in _names(args.methods) if m not in SAMPLERS]
     if unknown:
         raise SystemExit(f"psijax: --methods must name samplers of {', '.join(SAMPLERS)}")
-    if args.all_devices and args.particles % jax.device_count():
-        raise SystemExit(
-            f"psijax: --particles {args.particles} must be a multiple of the "
-            f"{jax.device_count()} devices with --all-devices"
-        )
+    if args.all_devices:
+        from psijax.smc import particle_mesh
+        from psijax.smc.sharding import check_divisible
+
+        try:
+            check_divisible(particle_mesh(), args.particles, "--particles", " with --all-devices")
+        except ValueError as err:
+            raise SystemExit(f"psijax: {err}") from err
 
 
 def _check_acceptance(args: argparse.Namespace) -> None:

@@ -337,9 +337,11 @@ def _vmapped_step(kernel: Callable, logdensity_fn: Callable, step_size, mesh) ->
         state, info = kernel(key, state, logdensity_fn, step_size)
         return state, info.acceptance_rate
 
+    every_chain = map_particles(one, mesh, in_axes=(0, 0, None))
+
     def step(states, key):
         keys = jax.random.split(key, states.nfe.shape[0])
-        return map_particles(one, mesh, in_axes=(0, 0, None))(keys, states, step_size)
+        return every_chain(keys, states, step_size)
 
     return step
 

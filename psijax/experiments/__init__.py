@@ -9,6 +9,7 @@
 - :mod:`.digits` / :mod:`.digits_report`: alignment of the digits flow with seen and held-out
   metrics (``psijax digits``).
 - :mod:`.bench`: wall-clock timing of the samplers (``psijax bench``).
+- :mod:`.records`: strict JSON and CSV result files.
 
 The submodules are imported on demand (``from psijax.experiments import toy``).
 """

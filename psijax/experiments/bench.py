@@ -16,7 +16,7 @@ from typing import Callable
 import jax
 
 from psijax import align
-from psijax.models.presets import toy_problem
+from psijax.experiments.toy import exact_problem
 from psijax.smc.sharding import particle_mesh
 
 __all__ = ["DEFAULT_METHODS", "median_seconds", "time_samplers"]
@@ -56,8 +56,7 @@ def time_samplers(
     unknown = [m for m in methods if m not in align.SAMPLERS]
     if unknown:
         raise ValueError(f"`methods` must be names of psijax.align.SAMPLERS, got {unknown}.")
-    toy = toy_problem(preset)
-    problem = align.RewardProblem(toy.data.velocity, toy.reward_fn, (2,), toy.alpha)
+    problem = exact_problem(preset)
     mesh = particle_mesh() if all_devices else None
     devices = 1 if mesh is None else mesh.size
     chains = -(-max(5, devices) // devices) * devices

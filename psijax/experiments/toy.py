@@ -73,6 +73,7 @@ __all__ = [
     "sampler_options",
     "build_setting",
     "make_problem",
+    "exact_problem",
     "exact_mode_occupancy",
     "evaluate",
     "run_method",
@@ -164,6 +165,19 @@ def make_problem(setting: ToySetting) -> RewardProblem:
     toy = setting.toy
     return RewardProblem(
         setting.velocity_fn,
+        toy.reward_fn,
+        (toy.data.dim,),
+        toy.alpha,
+        flow_map_options=FLOW_MAP_OPTIONS,
+    )
+
+
+def exact_problem(preset: str) -> RewardProblem:
+    """The :class:`RewardProblem` of a preset with its exact data velocity, built without the
+    references :func:`build_setting` computes (for timing and sharding runs)."""
+    toy = presets.toy_problem(preset)
+    return RewardProblem(
+        toy.data.velocity,
         toy.reward_fn,
         (toy.data.dim,),
         toy.alpha,

@@ -27,11 +27,10 @@ SCRIPT = textwrap.dedent(
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
     from psijax import align
-    from psijax.models.presets import toy_problem
+    from psijax.experiments.toy import exact_problem
     from psijax.smc import particle_mesh, sharding
 
-    toy = toy_problem("six_modes_quadratic")
-    problem = align.RewardProblem(toy.data.velocity, toy.reward_fn, (2,), toy.alpha)
+    problem = exact_problem("six_modes_quadratic")
     mesh = particle_mesh()
     import time
     out = {"devices": jax.device_count(), "seconds": {}}
@@ -171,10 +170,9 @@ def test_check_divisible_suggests_the_nearest_multiples():
 
 def test_a_mesh_of_the_wrong_type_is_a_type_error():
     from psijax import align
-    from psijax.models.presets import toy_problem
+    from psijax.experiments.toy import exact_problem
 
-    toy = toy_problem("six_modes_quadratic")
-    problem = align.RewardProblem(toy.data.velocity, toy.reward_fn, (2,), toy.alpha)
+    problem = exact_problem("six_modes_quadratic")
     with pytest.raises(TypeError, match="`mesh` must be a jax.sharding.Mesh"):
         align.tds(jax.random.key(0), problem, num_particles=4, mesh=jax.devices())
 
