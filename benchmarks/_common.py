@@ -47,6 +47,18 @@ def interleaved_median_times(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def with_cpu_time(fn, log: list):
+    """``fn`` that blocks on its result and appends the process CPU time it took to ``log``."""
+
+    def timed(*args):
+        start = time.process_time()
+        out = jax.block_until_ready(fn(*args))
+        log.append(time.process_time() - start)
+        return out
+
+    return timed
+
+
 def write_csv(rows: list[dict], name: str) -> str:
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, name)

@@ -2,7 +2,7 @@
 
 Data: the 2D six-mode preset (``psijax.models.presets.six_modes``) with its exact velocity.
 Samplers, each from the same N(0, I) draws: fixed-step Euler on the flow ODE, the stochastic
-sampler of ALGORITHMS.md §2 with g(t) = t and with the reference g(t) = t(2 − t), diffrax Tsit5
+sampler of docs/algorithms.md §2 with g(t) = t and with the reference g(t) = t(2 − t), diffrax Tsit5
 at several tolerances (NFE counted exactly), and the reflowed toy model (shipped weights) with
 Euler steps, whose 1-step prediction is already sharp. Distances to exact mixture samples:
 energy distance, MMD² (median bandwidth), sliced W2 and the total variation of mode occupancy;

@@ -61,7 +61,13 @@ import torch
 from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import interleaved_median_times, machine, write_csv, write_text  # noqa: E402
+from _common import (  # noqa: E402
+    interleaved_median_times,
+    machine,
+    with_cpu_time,
+    write_csv,
+    write_text,
+)
 
 from psijax.models.flux import (  # noqa: E402
     Flux,
@@ -250,43 +256,20 @@ def xla_cost(compiled) -> dict:
 # FLOPs from the configuration
 # ----------------------------------------------------------------------------------------------
 def analytic_flops(c: FluxConfig, num_img: int, num_txt: int, batch: int) -> dict:
-    """2 × multiply-adds of the forward's matmuls, split into linear layers and attention."""
-    h, mlp = c.hidden_size, c.mlp_hidden_dim
-    tokens = num_img + num_txt
-    # Per sample. Double block: qkv (h→3h), proj (h→h), MLP (h→mlp→h) for every token of its
-    # stream; single block: linear1 (h→3h+mlp), linear2 (h+mlp→h) for every token.
-    double = (3 * h * h + h * h + 2 * h * mlp) * tokens
-    single = (h * (3 * h + mlp) + (h + mlp) * h) * tokens
-    attention = 2 * tokens * tokens * h  # QKᵀ and PV, all heads
-    embed = num_img * c.in_channels * h + num_txt * c.context_in_dim * h
-    embed += num_img * h * c.out_channels  # final linear
-    vec = (TIME_EMBED_DIM * h + h * h) + (c.vec_in_dim * h + h * h)
-    vec += (TIME_EMBED_DIM * h + h * h) if c.guidance_embed else 0
-    vec += c.depth * 2 * h * 6 * h + c.depth_single_blocks * h * 3 * h + h * 2 * h  # modulation
-    linear = c.depth * double + c.depth_single_blocks * single + embed + vec
-    attn = (c.depth + c.depth_single_blocks) * attention
+    """2 × multiply-adds of the forward's matmuls (:meth:`FluxConfig.macs`), split into linear
+    layers (every part but attention, counted per sample) and attention."""
+    macs = c.macs(num_img, num_txt)
+    linear = macs["image"] + macs["blocks"] + macs["text"] + macs["conditioning"]
     return {
         "linear": 2 * batch * linear,
-        "attention": 2 * batch * attn,
-        "total": 2 * batch * (linear + attn),
+        "attention": 2 * batch * macs["attention"],
+        "total": 2 * batch * (linear + macs["attention"]),
     }
 
 
 # ----------------------------------------------------------------------------------------------
 # Timing
 # ----------------------------------------------------------------------------------------------
-def with_cpu_time(fn, log: list):
-    """``fn`` that blocks on its result and appends the process CPU time it took to ``log``."""
-
-    def timed(*args):
-        start = time.process_time()
-        out = jax.block_until_ready(fn(*args))
-        log.append(time.process_time() - start)
-        return out
-
-    return timed
-
-
 def rel_l2(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))

@@ -23,7 +23,7 @@ pattern of the public Ψ-Sampler code (not the public code itself): float32, dif
 ``FluxTransformer2DModel`` holding the **same** weights (exported from the port with
 ``flux.to_bfl`` and ``convert.bfl_to_diffusers``; the velocities are checked to agree), reward
 gradients by autograd through ``x̂0 = x − t·v``, the pCNL proposal and MH ratio of
-ALGORITHMS.md §4, the twisted SMC of §5 with the Tweedie potential and its gradient, systematic
+docs/algorithms.md §4, the twisted SMC of §5 with the Tweedie potential and its gradient, systematic
 resampling — the same 1005 model evaluations with gradients. Two variants: ``batched`` (the 5
 chains and the 20 particles in one model call each: torch at its best) and ``loop`` (one
 sample per model call, the public code's pattern); ``batched`` with 1 and with all cores'
@@ -86,21 +86,13 @@ def build(seed: int):
 
 
 def forward_gflop(config, num_img: int, num_txt: int) -> tuple[float, float]:
-    """Analytic GFLOP of one forward per sample (2·MACs of the matmuls and attention products;
-    the time/text-only work, shared by a batch, is left out), and the factor of a forward with
-    its input-gradient backward (linears: 1 more forward; attention: 2 more)."""
-    h, mlp, n = config.hidden_size, config.mlp_hidden_dim, num_img + num_txt
-    attention = 2 * n * n * h  # QKᵀ and PV over all heads
-    double = n * (3 * h * h + h * h + 2 * h * mlp) + attention
-    single = n * (h * (3 * h + mlp) + (h + mlp) * h) + attention
-    macs = (
-        num_img * config.in_channels * h
-        + config.depth * double
-        + config.depth_single_blocks * single
-        + num_img * h * config.out_channels
-    )
-    attention_macs = (config.depth + config.depth_single_blocks) * attention
-    return 2 * macs / 1e9, (2 * macs + attention_macs) / macs
+    """Analytic GFLOP of one forward per sample (2·MACs of the matmuls and attention products,
+    :meth:`FluxConfig.macs`; the time/text-only work, shared by a batch, is left out), and the
+    factor of a forward with its input-gradient backward (linears: 1 more forward; attention:
+    2 more)."""
+    m = config.macs(num_img, num_txt)
+    macs = m["image"] + m["blocks"] + m["attention"]
+    return 2 * macs / 1e9, (2 * macs + m["attention"]) / macs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,7 +192,7 @@ def torch_model(config, model):
 
 
 class TorchPsiSampler:
-    """Ψ-Sampler in PyTorch: pCNL chains on π_init, then twisted SMC (ALGORITHMS.md §4–5).
+    """Ψ-Sampler in PyTorch: pCNL chains on π_init, then twisted SMC (docs/algorithms.md §4–5).
 
     ``batched=True`` evaluates all chains (particles) in one model call; ``False`` one sample
     per call, as the public implementation does. Every evaluation is a forward and an autograd

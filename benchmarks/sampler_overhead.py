@@ -53,11 +53,17 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import interleaved_median_times, machine, write_csv, write_text  # noqa: E402
+from _common import (  # noqa: E402
+    interleaved_median_times,
+    machine,
+    with_cpu_time,
+    write_csv,
+    write_text,
+)
 
 import psijax  # noqa: E402
 from psijax import flows  # noqa: E402
-from psijax.align import RewardProblem, run_smc  # noqa: E402
+from psijax.align import RewardProblem, Twisted, run_smc  # noqa: E402
 
 ALPHA = 0.1
 PCNL_STEP_SIZE = 0.5
@@ -128,35 +134,12 @@ FLUX_TEXT_TOKENS = 32
 
 
 def flux_flops(config, num_img: int, num_txt: int) -> tuple[float, float]:
-    """MACs of one forward: per sample (image-dependent) and per batch (time/text only).
-
-    Per sample: ``img_in``, every block's projections and MLPs over all ``L = L_img + L_txt``
-    tokens (the text stream joins the image in the first attention), the attention products
-    ``QKᵀ`` and ``PV`` (``2·L²·hidden``), the last layer on the image tokens. Per batch (the
-    fast path computes it once per time under ``vmap``): the time and pooled-text embeddings,
-    the text projection and every modulation linear.
-    """
-    h, mlp, n = config.hidden_size, config.mlp_hidden_dim, num_img + num_txt
-    attention = 2 * n * n * h
-    double = n * (3 * h * h + h * h + 2 * h * mlp) + attention
-    single = n * (h * (3 * h + mlp) + (h + mlp) * h) + attention
-    per_sample = (
-        num_img * config.in_channels * h
-        + config.depth * double
-        + config.depth_single_blocks * single
-        + num_img * h * config.out_channels
-    )
-    embed = 256 * h + h * h + config.vec_in_dim * h + h * h
-    if config.guidance_embed:
-        embed += 256 * h + h * h
-    per_batch = (
-        embed
-        + num_txt * config.context_in_dim * h
-        + config.depth * 2 * h * 6 * h
-        + config.depth_single_blocks * h * 3 * h
-        + h * 2 * h
-    )
-    return per_sample, per_batch
+    """MACs of one forward (:meth:`FluxConfig.macs`): per sample (image-dependent: the image
+    linears, every block's projections and MLPs over all ``L = L_img + L_txt`` tokens, the
+    attention products) and per batch (time/text only, computed once per time under ``vmap``
+    on the fast path: the embeddings, the text projection and every modulation linear)."""
+    m = config.macs(num_img, num_txt)
+    return m["image"] + m["blocks"] + m["attention"], m["text"] + m["conditioning"]
 
 
 def flux_tiny_model(_dim: int, _hidden: int, _depth: int, seed: int = 0, latent: int = 32):
@@ -280,7 +263,7 @@ def smc_fn(velocity, num_steps: int, threshold: float):
             log_w,
             grid=grid,
             diffusion=diffusion,
-            proposal="twisted",
+            proposal=Twisted(),
             resampling="systematic",
             ess_threshold=threshold,
         )
@@ -331,18 +314,6 @@ def pcnl_init_fn(velocity):
         return jax.vmap(psijax.pcnl.init, in_axes=(0, None))(xs, logdensity_fn(velocity, params))
 
     return jax.jit(init)
-
-
-def with_cpu_time(fn, log: list):
-    """``fn`` that blocks on its result and appends the process CPU time it took to ``log``."""
-
-    def timed(*args):
-        start = time.process_time()
-        out = jax.block_until_ready(fn(*args))
-        log.append(time.process_time() - start)
-        return out
-
-    return timed
 
 
 def loop_fn(single_jitted, params, xs, *extra):

@@ -33,8 +33,17 @@ from psijax.experiments import toy, toy_report  # noqa: E402
 
 PRESETS = ("six_modes_mixture", "unequal_rare_modes")
 SMALL_BUDGET, LARGE_BUDGET = 1000, 4000
-LARGE_METHODS = ("psi_sampler", "smc", "tds", "das", "fk_steering", "tempered", "dps", "best_of_n")
-QUICK_METHODS = ("psi_sampler", "smc", "das", "fk_steering", "tempered", "dps", "best_of_n")
+LARGE_METHODS = (
+    "psi_sampler",
+    "smc",
+    "tds",
+    "das",
+    "fk_steering",
+    "tempered_smc",
+    "dps",
+    "best_of_n",
+)
+QUICK_METHODS = ("psi_sampler", "smc", "das", "fk_steering", "tempered_smc", "dps", "best_of_n")
 
 CONCLUSIONS = """\
 Written from the tables above (mode TV and MMD² at ℓ = 1, mean ± SE over 20 seeds; "n σ" is
@@ -70,7 +79,8 @@ once it has enough particles (reflow six modes at B = 4000: 0.113 ± 0.020 vs Ψ
 exact for the exact model, but Ψ-Sampler[flow_map] is not better than with Tweedie (six modes
 exact: 0.313 vs 0.194; rare modes: 0.122 vs 0.142) and tempered[flow_map] (0.168 on six modes
 exact) is still behind DAS at 1/17 of its cost: the chains still do not mix, and the SMC's
-Tweedie potential at t = 1 takes back the flow-map tilt in its first weights (ALGORITHMS.md §5).
+Tweedie potential at t = 1 takes back the flow-map tilt in its first weights
+(docs/algorithms.md §5).
 
 **The rare-mode preset with the reflow model is limited by the model, not the sampler.** Its
 `SMC limit (IS)` row (MMD² 0.106, TV 0.067) is what every SMC method tends to with infinitely
@@ -167,12 +177,12 @@ def _report(args, settings, summary, timings, blocks, elapsed) -> str:
         "what every SMC method converges to as N → ∞ — 10,000 draws of the 25-step stochastic "
         "sampler of the model, importance-weighted by exp(r/α) — so its distance to the exact "
         "target is the error more particles cannot remove. For the reflow model it is large on "
-        "`unequal_rare_modes`: the stochastic sampler (ALGORITHMS.md §2) reads the score off "
+        "`unequal_rare_modes`: the stochastic sampler (docs/algorithms.md §2) reads the score off "
         "the velocity as if the model had been trained on independent (noise, data) pairs, "
         "which a reflowed model is not, so its SDE does not keep the model's marginals.\n",
         "Exact model: Tweedie `x̂0(x, 1) = E[x0]` is a constant, so `π_init` is the prior and "
-        "Ψ-Sampler's chains are pCN chains on N(0, I) followed by SMC (ALGORITHMS.md §3); with "
-        "the reflow model the one-step prediction is sharp and `π_init` is reward-aware.\n",
+        "Ψ-Sampler's chains are pCN chains on N(0, I) followed by SMC (docs/algorithms.md §3); "
+        "with the reflow model the one-step prediction is sharp and `π_init` is reward-aware.\n",
     ]
     for budget, _ in blocks:
         label = "small setting" if budget == SMALL_BUDGET else "more particles"

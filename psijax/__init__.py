@@ -8,30 +8,28 @@ The MCMC kernels are exposed BlackJAX-style::
     state, info = jax.jit(algorithm.step)(rng_key, state)
 
 and ``psijax.pcnl.init`` / ``psijax.pcnl.build_kernel`` are the pieces BlackJAX's SMC takes.
+
+The subpackages (``align``, ``flows``, ``mcmc``, ``metrics``, ``models``, ``smc``,
+``experiments``) are imported on first use, so ``import psijax`` costs JAX, BlackJAX and the
+kernels only: the models (Flax, FLUX) and diffrax load when something asks for them.
 """
 
-from blackjax import generate_top_level_api_from
+import importlib
 
-from psijax import align, flows, mcmc, metrics, models, smc
-from psijax.mcmc import pcn as _pcn
-from psijax.mcmc import pcnl as _pcnl
-from psijax.mcmc import ula as _ula
+from psijax.mcmc.api import pcn, pcnl, ula
 
 __version__ = "0.1.0"
 
-pcn = generate_top_level_api_from(_pcn)
-pcnl = generate_top_level_api_from(_pcnl)
-ula = generate_top_level_api_from(_ula)
+_SUBMODULES = ("align", "experiments", "flows", "mcmc", "metrics", "models", "smc")
 
-__all__ = [
-    "align",
-    "flows",
-    "mcmc",
-    "metrics",
-    "models",
-    "smc",
-    "pcn",
-    "pcnl",
-    "ula",
-    "__version__",
-]
+__all__ = [*_SUBMODULES, "pcn", "pcnl", "ula", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"psijax.{name}")
+    raise AttributeError(f"module 'psijax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_SUBMODULES))

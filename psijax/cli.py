@@ -24,7 +24,7 @@ from psijax.experiments import records
 
 __all__ = ["main", "build_parser"]
 
-DEMO_METHODS = ("psi_sampler", "smc", "das", "tempered", "dps", "best_of_n")
+DEMO_METHODS = ("psi_sampler", "smc", "das", "tempered_smc", "dps", "best_of_n")
 DEMO_PRESET = "six_modes_mixture"
 ACCEPTANCE_DIMS = (16, 256, 4096, 65536)
 ACCEPTANCE_STEP_SIZES = (0.5,)
@@ -350,8 +350,7 @@ def _add_digits(commands) -> None:
     dig.add_argument(
         "--method",
         default="psi_sampler",
-        help="comma-separated methods (psijax.align.SAMPLERS, 'tempered', "
-        "'psi_sampler[flow_map]', ...) or 'all' (default: %(default)s)",
+        help=f"comma-separated methods ({_method_names()}) or 'all' (default: %(default)s)",
     )
     dig.add_argument("--model", default="reflow", help="reflow or flow (default: %(default)s)")
     dig.add_argument("--alpha", type=float, default=None, help="tilt strength (default: task's)")
@@ -373,6 +372,16 @@ def _add_digits(commands) -> None:
 
 
 # -- parser --------------------------------------------------------------------------------------
+def _method_names(variants: bool = True) -> str:
+    """The registry's samplers (:data:`psijax.align.SAMPLERS`), and the '[flow_map]' variants."""
+    from psijax.experiments import methods
+
+    names = list(methods.default_methods(flow_map=False))
+    if variants:
+        names += methods.flow_map_variants()
+    return ", ".join(names)
+
+
 def _add_toy(commands, name: str, presets: str, methods: str, help_text: str) -> None:
     toy = commands.add_parser(
         name,
@@ -400,8 +409,7 @@ def _add_toy(commands, name: str, presets: str, methods: str, help_text: str) ->
     toy.add_argument(
         "--methods",
         default=methods,
-        help="comma-separated sampler names (psijax.align.SAMPLERS, 'tempered', a "
-        "'[flow_map]' suffix on initial-stage methods) or 'all' (default: %(default)s)",
+        help=f"comma-separated methods ({_method_names()}) or 'all' (default: %(default)s)",
     )
     _add_budget_arguments(toy, "seeds per method")
     toy.add_argument("--seed", type=int, default=0, help="seed of the exact reference draws")
@@ -430,7 +438,7 @@ def _add_bench(commands) -> None:
     bench.add_argument(
         "--methods",
         default=",".join(DEFAULT_METHODS),
-        help="comma-separated names of psijax.align.SAMPLERS (default: %(default)s)",
+        help=f"comma-separated samplers ({_method_names(variants=False)}) (default: %(default)s)",
     )
     bench.add_argument("--particles", type=int, default=64, help="N (default: %(default)s)")
     bench.add_argument("--steps", type=int, default=25, help="T (default: %(default)s)")

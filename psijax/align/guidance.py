@@ -1,7 +1,7 @@
-r"""Single-particle guidance baselines: DPS, FreeDoM and best-of-N (ALGORITHMS.md §6).
+r"""Single-particle guidance baselines: DPS, FreeDoM and best-of-N (docs/algorithms.md §6).
 
 ``N`` independent particles start from ``x_{t_0} ~ N(0, I)`` and follow the stochastic sampler
-of ALGORITHMS.md §2 along a grid ``1 = t_0 > t_1 > … > t_T = 0``. Step ``i`` goes from
+of docs/algorithms.md §2 along a grid ``1 = t_0 > t_1 > … > t_T = 0``. Step ``i`` goes from
 ``t = t_i`` to ``t' = t_{i+1}``, ``Δ = t − t'``. There is no resampling and no weighting: the
 particles never interact.
 
@@ -26,7 +26,7 @@ rate: the total push ``Σ_i ζ Δ_i Ĝ ≈ ∫ ζ Ĝ dt`` does not grow with the
 .. math::
 
     x ← a\,x' + b\,ξ, \quad ξ \sim N(0, I), \quad a = \frac{1 − t}{1 − t'}, \quad
-    b^2 = t^2 − a^2 t'^2 \qquad(\text{re-noise } t' → t,\ \text{ALGORITHMS.md §1})
+    b^2 = t^2 − a^2 t'^2 \qquad(\text{re-noise } t' → t,\ \text{docs/algorithms.md §1})
 
     x' ← \text{guided step from } x \text{ at } t
 
@@ -72,13 +72,15 @@ import numpy as np
 from blackjax.types import Array, ArrayLike, PRNGKey
 from jax.sharding import Mesh
 
-from psijax._checks import check_int, concrete_value
+from psijax._checks import check_int, check_real
 from psijax._tree import tree_normal
-from psijax.align.problem import RewardProblem
+from psijax.align.predictors import Tweedie
+from psijax.align.problem import RewardProblem, check_problem
 from psijax.align.result import AlignmentResult, SamplerInfo
 from psijax.flows.interpolant import renoise
 from psijax.flows.sde import (
     Diffusion,
+    check_diffusion,
     denoising_grid,
     reference_diffusion,
     step,
@@ -99,12 +101,13 @@ def dps(
     rng_key: PRNGKey,
     problem: RewardProblem,
     *,
-    num_particles: int,
+    num_particles: int | None = None,
     num_steps: int | None = 25,
     guidance_scale: float = 1.0,
     normalize: bool = False,
     diffusion: Diffusion | None = None,
     grid: ArrayLike | None = None,
+    nfe_budget: int | None = None,
     mesh: Mesh | None = None,
 ) -> AlignmentResult:
     r"""Diffusion posterior sampling: the stochastic sampler plus ``ζΔ∇_x r(x̂0(x, t))``.
@@ -126,7 +129,7 @@ def dps(
         (:meth:`RewardProblem.potential_and_grad`). ``α`` is not used (guidance has no target
         temperature).
     num_particles
-        ``N ≥ 1`` independent particles.
+        ``N ≥ 1`` independent particles; ``None``: from ``nfe_budget``, else 20.
     num_steps
         ``T ≥ 1``: the grid is :func:`psijax.flows.uniform_grid` ``(T)``. With ``grid`` given,
         ``None`` or ``len(grid) − 1``.
@@ -141,6 +144,9 @@ def dps(
         the Euler ODE.
     grid
         Optional concrete times ``1 = t_0 > … > t_T = 0``.
+    nfe_budget
+        ``B``: instead of ``num_particles``, the most particles that ``B`` model evaluations
+        pay for, ``N = ⌊B/T⌋`` (Tweedie predictor; FreeDoM ``⌊B/(T + K·W)⌋``).
     mesh
         A :class:`jax.sharding.Mesh` to shard the particles over (``N`` a multiple of its device
         count), or ``None``; particle ``i``'s randomness comes from ``fold_in(rng_key, i)``, so
@@ -158,7 +164,16 @@ def dps(
         Naming the invalid argument.
     """
     return _guided_sampler(
-        rng_key, problem, num_particles, num_steps, guidance_scale, normalize, diffusion, grid, mesh
+        rng_key,
+        problem,
+        num_particles,
+        num_steps,
+        guidance_scale,
+        normalize,
+        diffusion,
+        grid,
+        nfe_budget,
+        mesh,
     )
 
 
@@ -166,7 +181,7 @@ def freedom(
     rng_key: PRNGKey,
     problem: RewardProblem,
     *,
-    num_particles: int,
+    num_particles: int | None = None,
     num_steps: int | None = 25,
     guidance_scale: float = 1.0,
     normalize: bool = False,
@@ -174,6 +189,7 @@ def freedom(
     window: tuple[float, float] = (0.3, 0.7),
     diffusion: Diffusion | None = None,
     grid: ArrayLike | None = None,
+    nfe_budget: int | None = None,
     mesh: Mesh | None = None,
 ) -> AlignmentResult:
     r"""FreeDoM: the DPS guided step plus time travel inside a window of the schedule.
@@ -187,7 +203,9 @@ def freedom(
 
     Parameters
     ----------
-    rng_key, problem, num_particles, num_steps, guidance_scale, normalize, diffusion, grid, mesh
+    rng_key, problem, num_particles, num_steps, guidance_scale, normalize, diffusion, grid
+        As in :func:`dps`.
+    nfe_budget, mesh
         As in :func:`dps`.
     num_repeats
         ``K ≥ 0`` time-travel repeats per window step; ``K = 0`` is :func:`dps` exactly.
@@ -216,6 +234,7 @@ def freedom(
         normalize,
         diffusion,
         grid,
+        nfe_budget,
         mesh,
         num_repeats=num_repeats,
         window=window,
@@ -226,10 +245,11 @@ def best_of_n(
     rng_key: PRNGKey,
     problem: RewardProblem,
     *,
-    num_particles: int,
+    num_particles: int | None = None,
     num_steps: int | None = 25,
     diffusion: Diffusion | None = None,
     grid: ArrayLike | None = None,
+    nfe_budget: int | None = None,
     mesh: Mesh | None = None,
 ) -> AlignmentResult:
     r"""Best-of-N: ``N`` unguided samples, keep the one with the highest exact reward.
@@ -241,8 +261,9 @@ def best_of_n(
 
     Parameters
     ----------
-    rng_key, problem, num_particles, num_steps, diffusion, grid, mesh
-        As in :func:`dps`. Any x0-predictor is accepted (none is used).
+    rng_key, problem, num_particles, num_steps, diffusion, grid, nfe_budget, mesh
+        As in :func:`dps` (``N = ⌊B/T⌋`` forward evaluations from a budget). Any x0-predictor is
+        accepted (none is used).
 
     Returns
     -------
@@ -256,9 +277,10 @@ def best_of_n(
         Naming the invalid argument.
 
     """
-    _check_problem(problem)
-    n = _check_particles(num_particles, mesh)
-    times = jnp.asarray(denoising_grid(num_steps, grid), jnp.float32)
+    check_problem(problem)
+    grid = denoising_grid(num_steps, grid)
+    times = jnp.asarray(grid, jnp.float32)
+    n = _particle_count(num_particles, nfe_budget, grid.shape[0] - 1, mesh)
     diffusion = _resolve_diffusion(diffusion)
 
     def one(key, y, t, t_next):
@@ -288,22 +310,25 @@ def _guided_sampler(
     normalize,
     diffusion,
     grid,
+    nfe_budget,
     mesh,
     num_repeats: int = 0,
     window: tuple[float, float] = (0.0, 1.0),
 ) -> AlignmentResult:
     """DPS (``num_repeats = 0``) and FreeDoM: validate, then scan the guided step."""
-    _check_problem(problem)
-    n = _check_particles(num_particles, mesh)
+    check_problem(problem)
     grid = denoising_grid(num_steps, grid)
     times = jnp.asarray(grid, jnp.float32)
-    diffusion = _resolve_diffusion(diffusion)
-    scale = _check_scale(guidance_scale)
-    if not isinstance(normalize, (bool, np.bool_)):
-        raise ValueError(f"`normalize` must be a bool, got {normalize!r}.")
     current = grid[:-1]
     in_window = (current >= window[0]) & (current <= window[1])
     repeats = np.where(in_window, num_repeats, 0).astype(np.int32)
+    per_particle = int(repeats.size + repeats.sum())  # guided steps of one particle
+    n = _particle_count(num_particles, nfe_budget, per_particle, mesh, problem=problem)
+    diffusion = _resolve_diffusion(diffusion)
+    check_real(guidance_scale, "guidance_scale", ge=0.0)  # a traced ζ is used unchecked
+    scale = guidance_scale
+    if not isinstance(normalize, (bool, np.bool_)):
+        raise TypeError(f"`normalize` must be a bool, got {normalize!r}.")
 
     def guided(key, x, t, t_next):
         return _guided_step(key, problem, x, t, t_next, diffusion, scale, bool(normalize))
@@ -405,42 +430,32 @@ def _result(problem: RewardProblem, x: Array, nfe: Array, best_only: bool, mesh)
 # ----------------------------------------------------------------------------------------------
 # Argument checks (at build time, before anything runs)
 # ----------------------------------------------------------------------------------------------
-def _check_particles(num_particles, mesh) -> int:
-    n = check_int(num_particles, "num_particles", 1)
-    check_divisible(check_mesh(mesh), n, "num_particles")
+def _particle_count(num_particles, nfe_budget, per_particle: int, mesh, *, problem=None) -> int:
+    """``N``: ``num_particles`` (default 20), or ``⌊B/per_particle⌋`` from ``nfe_budget = B``
+    (evaluations of one particle along the grid; with a ``problem``, its predictor must be
+    Tweedie, one evaluation per guided step). Checked against the mesh."""
+    origin = ""
+    if nfe_budget is None:
+        n = check_int(20 if num_particles is None else num_particles, "num_particles")
+    else:
+        if num_particles is not None:
+            raise ValueError("Give `num_particles` or `nfe_budget`, not both.")
+        if problem is not None and not isinstance(problem.x0_predictor, Tweedie):
+            raise ValueError(
+                "`nfe_budget` needs the Tweedie predictor (a flow-map or custom predictor's cost "
+                "is not known in advance); give `num_particles` and read `result.nfe`."
+            )
+        budget = check_int(nfe_budget, "nfe_budget")
+        n = budget // per_particle
+        if n < 1:
+            raise ValueError(f"`nfe_budget`={budget} is too small for one particle over the grid.")
+        origin = f" (from nfe_budget={budget})"
+    check_divisible(check_mesh(mesh), n, "num_particles", origin)
     return n
 
 
-def _check_problem(problem) -> None:
-    if not isinstance(problem, RewardProblem):
-        raise ValueError(f"`problem` must be a RewardProblem, got {type(problem).__name__}.")
-
-
-def _check_scale(scale):
-    """``ζ``: a finite real ``≥ 0`` when concrete; a traced value is passed through unchecked."""
-    if isinstance(scale, (bool, np.bool_)):
-        raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {scale!r}.")
-    try:
-        value = concrete_value(scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {scale!r}.") from None
-    if value is None:
-        return scale
-    if (
-        value.shape != ()
-        or not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer))
-        or not (np.isfinite(value) and value >= 0)
-    ):
-        raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {scale!r}.")
-    return scale
-
-
 def _resolve_diffusion(diffusion) -> Diffusion:
-    if diffusion is None:
-        return reference_diffusion()
-    if not isinstance(diffusion, Diffusion):
-        raise ValueError(f"`diffusion` must be a Diffusion, got {type(diffusion).__name__}.")
-    return diffusion
+    return reference_diffusion() if diffusion is None else check_diffusion(diffusion)
 
 
 def _check_window(window) -> tuple[float, float]:

@@ -1,33 +1,31 @@
 r"""The reward-alignment problem: a flow model, a reward, a strength and an x0-predictor.
 
-The target (ALGORITHMS.md §3) is
+The target (docs/algorithms.md §3) is
 
 .. math::
 
     p^*_0(x_0) ∝ p_0(x_0)\, e^{r(x_0)/α}, \qquad
     γ_t(x) ∝ p_t(x)\, e^{λ_t\, r(\hat x_0(x, t))/α},
 
-with ``x̂0(x, t)`` an x0-predictor: Tweedie ``x − t·v(x, t)`` (one model evaluation), the flow
-map ``Φ_t(x)`` (an ODE solve, exact for an exact model; every velocity evaluation of the solve
-is counted as an NFE) or a user callable. Every method acts on a **single** sample of shape
-``event_shape``; the samplers vmap over particles.
+with ``x̂0(x, t)`` an x0-predictor (:mod:`psijax.align.predictors`): Tweedie ``x − t·v(x, t)``
+(one model evaluation), the flow map ``Φ_t(x)`` (an ODE solve, exact for an exact model; every
+velocity evaluation of the solve is counted as an NFE) or a user callable. Every method acts on
+a **single** sample of shape ``event_shape``; the samplers vmap over particles.
 """
 
 import dataclasses
-import math
 from typing import Callable, Mapping
 
-import jax
 import jax.numpy as jnp
 from blackjax.types import Array, ArrayLike
 
-from psijax.flows.interpolant import tweedie_from_velocity
-from psijax.flows.ode import flow_map
+from psijax._checks import check_real
+from psijax._deprecation import deprecated
+from psijax.align.predictors import FlowMap, Predictor, Tweedie, as_predictor
 
-__all__ = ["RewardProblem"]
+__all__ = ["RewardProblem", "check_problem"]
 
-_PREDICTORS = ("tweedie", "flow_map")
-_FLOW_MAP_OPTIONS = {"solver", "rtol", "atol", "dt0", "max_steps", "adjoint"}
+_PREDICTOR_NAMES = {"tweedie": Tweedie, "flow_map": FlowMap}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -46,17 +44,19 @@ class RewardProblem:
     alpha
         Strength ``α > 0`` (finite); smaller is a sharper tilt.
     x0_predictor
-        ``"tweedie"`` (``x̂0 = x − t·v(x, t)``, one model evaluation), ``"flow_map"``
-        (:func:`psijax.flows.ode.flow_map`, an adaptive ODE solve from ``t`` to 0) or a
-        callable ``(velocity_fn, x, t) -> x0`` or ``-> (x0, nfe)``; a callable that returns
-        ``x0`` alone is counted as one model evaluation, so return its true cost with it.
+        A :class:`~psijax.align.predictors.Predictor`: :class:`~psijax.align.predictors.Tweedie`
+        (default, one model evaluation), :class:`~psijax.align.predictors.FlowMap` (an adaptive
+        ODE solve from ``t`` to 0) or a callable ``(velocity_fn, x, t) -> x0`` or
+        ``-> (x0, nfe)`` (wrapped in :class:`~psijax.align.predictors.Custom`; one evaluation
+        is assumed when it returns ``x0`` alone). The strings ``"tweedie"`` and ``"flow_map"``
+        are deprecated aliases of ``Tweedie()`` and ``FlowMap()``.
     flow_map_options
-        Keyword arguments of :func:`psijax.flows.ode.solve` for the flow-map predictor
-        (``solver``, ``rtol``, ``atol``, ``dt0``, ``max_steps``); ``None`` for its defaults.
+        Deprecated: keyword arguments of ``FlowMap`` for ``x0_predictor="flow_map"`` (also when
+        an initial stage switches to it by that name); pass ``FlowMap(rtol=…)`` instead.
 
     Raises
     ------
-    ValueError
+    TypeError, ValueError
         Naming the invalid argument.
 
     """
@@ -65,65 +65,59 @@ class RewardProblem:
     reward_fn: Callable
     event_shape: tuple
     alpha: float
-    x0_predictor: str | Callable = "tweedie"
+    x0_predictor: Predictor | Callable = Tweedie()
     flow_map_options: Mapping | None = None
 
     def __post_init__(self):
         if not callable(self.velocity_fn):
-            raise ValueError("`velocity_fn` must be a callable (x, t) -> v.")
+            raise TypeError("`velocity_fn` must be a callable (x, t) -> v.")
         if not callable(self.reward_fn):
-            raise ValueError("`reward_fn` must be a callable x0 -> r.")
+            raise TypeError("`reward_fn` must be a callable x0 -> r.")
         shape = self.event_shape
         if not isinstance(shape, tuple) or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape
+            isinstance(s, int) and not isinstance(s, bool) for s in shape
         ):
+            raise TypeError(f"`event_shape` must be a tuple of positive ints, got {shape!r}.")
+        if not all(s > 0 for s in shape):
             raise ValueError(f"`event_shape` must be a tuple of positive ints, got {shape!r}.")
-        try:
-            alpha = float(self.alpha)
-        except (TypeError, ValueError):
-            raise ValueError(f"`alpha` must be a finite number > 0, got {self.alpha!r}.") from None
-        if not (math.isfinite(alpha) and alpha > 0):
-            raise ValueError(f"`alpha` must be a finite number > 0, got {self.alpha!r}.")
+        alpha = check_real(self.alpha, "alpha", gt=0.0)
+        if alpha is None:
+            raise ValueError("`alpha` must be concrete (not traced).")
         object.__setattr__(self, "alpha", alpha)
-        pred = self.x0_predictor
-        if not (callable(pred) or (isinstance(pred, str) and pred in _PREDICTORS)):
-            raise ValueError(
-                f"`x0_predictor` must be 'tweedie', 'flow_map' or a callable "
-                f"(velocity_fn, x, t) -> x0, got {pred!r}."
-            )
         options = self.flow_map_options
         if options is not None:
+            deprecated("flow_map_options=", "x0_predictor=FlowMap(**options)")
             if not isinstance(options, Mapping):
-                raise ValueError(f"`flow_map_options` must be a dict or None, got {options!r}.")
-            unknown = set(options) - _FLOW_MAP_OPTIONS
+                raise TypeError(f"`flow_map_options` must be a dict or None, got {options!r}.")
+            allowed = [f.name for f in dataclasses.fields(FlowMap)]
+            unknown = sorted(set(options) - set(allowed))
             if unknown:
-                allowed = sorted(_FLOW_MAP_OPTIONS)
-                raise ValueError(f"`flow_map_options` accepts {allowed}, got {sorted(unknown)}.")
-            object.__setattr__(self, "flow_map_options", dict(options))
-
-    @property
-    def is_tweedie(self) -> bool:
-        """True for the Tweedie predictor (one model evaluation per potential)."""
-        return isinstance(self.x0_predictor, str) and self.x0_predictor == "tweedie"
+                raise ValueError(f"`flow_map_options` accepts {allowed}, got {unknown}.")
+            options = dict(options)
+            object.__setattr__(self, "flow_map_options", options)
+        predictor = self.x0_predictor
+        if isinstance(predictor, str):
+            if predictor not in _PREDICTOR_NAMES:
+                raise ValueError(
+                    f"`x0_predictor` must be Tweedie(), FlowMap(...) or a callable, got "
+                    f"{predictor!r}."
+                )
+            deprecated(f"x0_predictor={predictor!r}", f"{_PREDICTOR_NAMES[predictor].__name__}()")
+            # The deprecated options apply to the flow map named by string (also when a stage
+            # switches a Tweedie problem to it by name).
+            predictor = Tweedie() if predictor == "tweedie" else FlowMap(**(options or {}))
+        elif isinstance(predictor, FlowMap) and options:
+            raise ValueError("Give the flow map's options in FlowMap(...), not flow_map_options.")
+        predictor = as_predictor(predictor)
+        object.__setattr__(self, "x0_predictor", predictor)
 
     def predict_x0(self, x: ArrayLike, t: ArrayLike) -> Array:
         r"""``x̂0(x, t)`` on a single sample (see :meth:`predict_x0_and_nfe` for its cost)."""
         return self.predict_x0_and_nfe(x, t)[0]
 
     def predict_x0_and_nfe(self, x: ArrayLike, t: ArrayLike) -> tuple[Array, Array]:
-        r"""``(x̂0(x, t), nfe)`` on a single sample; ``nfe`` is an int32 count of model calls.
-
-        Tweedie: ``x − t·v(x, t)``, 1; flow map: ``Φ_t(x)`` and the exact count of its ODE
-        solve; a callable: its ``(x0, nfe)``, or ``(x0, 1)`` when it returns ``x0`` alone.
-        """
-        if self.is_tweedie:
-            x0, nfe = tweedie_from_velocity(x, self.velocity_fn(x, t), t), 1
-        elif isinstance(self.x0_predictor, str):  # "flow_map"
-            x0, nfe = flow_map(self.velocity_fn, x, t, **(self.flow_map_options or {}))
-        else:
-            out = self.x0_predictor(self.velocity_fn, x, t)
-            x0, nfe = out if isinstance(out, tuple) else (out, 1)
-        return x0, jnp.asarray(nfe, jnp.int32)
+        r"""``(x̂0(x, t), nfe)`` on a single sample; ``nfe`` is an int32 count of model calls."""
+        return self.x0_predictor(self.velocity_fn, x, t)
 
     def potential_and_grad(self, x: ArrayLike, t: ArrayLike) -> tuple[Array, Array, Array, Array]:
         r"""Reward of the prediction, its gradient w.r.t. ``x``, the velocity and the NFE.
@@ -133,39 +127,31 @@ class RewardProblem:
             r_t(x) = r(\hat x_0(x, t)), \qquad ∇_x r_t(x), \qquad v(x, t)
 
         The gradient is taken through the predictor and the model. For Tweedie this is **one**
-        model evaluation (with its backward pass): ``jax.value_and_grad`` of
-        ``x ↦ r(x − t·v(x, t))`` with ``v`` returned as auxiliary output. For the flow map or a
-        callable predictor it is the predictor's own evaluations plus one velocity call.
+        model evaluation (with its backward pass); for the flow map or a callable predictor it
+        is the predictor's own evaluations plus one velocity call
+        (:meth:`psijax.align.predictors.Predictor.reward_and_grad`).
 
         Non-finite values are passed through unchanged (NaN/inf reward or gradient): the SMC
         turns such a particle into a zero-weight particle.
 
         Returns
         -------
-        ``(reward, grad, velocity, nfe)``: a float32 (or wider) scalar, two arrays shaped like
-        ``x`` (the gradient in the accumulation dtype, the velocity in the model's dtype) and
-        the int32 number of model evaluations made (each with its backward pass).
+        ``(reward, grad, velocity, nfe)``
+            A float32 (or wider) scalar, two arrays shaped like ``x`` (the gradient in the
+            accumulation dtype, the velocity in the model's dtype) and the int32 number of model
+            evaluations made (each with its backward pass).
 
         """
-        x = jnp.asarray(x)
-
-        if self.is_tweedie:
-
-            def objective(y):
-                v = self.velocity_fn(y, t)
-                return self.reward(tweedie_from_velocity(y, v, t)), v
-
-            (reward, v), grad = jax.value_and_grad(objective, has_aux=True)(x)
-            return reward, grad, v, jnp.asarray(1, jnp.int32)
-
-        def objective(y):
-            x0, nfe = self.predict_x0_and_nfe(y, t)
-            return self.reward(x0), nfe
-
-        (reward, nfe), grad = jax.value_and_grad(objective, has_aux=True)(x)
-        return reward, grad, self.velocity_fn(x, t), nfe + 1
+        return self.x0_predictor.reward_and_grad(self.velocity_fn, self.reward, jnp.asarray(x), t)
 
     def reward(self, x0):
         """``r(x0)`` on one sample as a float32 (or wider) scalar."""
         r = jnp.asarray(self.reward_fn(x0))
         return r.astype(jnp.result_type(jnp.float32, r.dtype)).reshape(())
+
+
+def check_problem(problem) -> RewardProblem:
+    """``problem`` when it is a :class:`RewardProblem`, else a ``TypeError`` saying so."""
+    if not isinstance(problem, RewardProblem):
+        raise TypeError(f"`problem` must be a RewardProblem, got {type(problem).__name__}.")
+    return problem

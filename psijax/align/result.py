@@ -71,7 +71,7 @@ class SamplerInfo(NamedTuple):
 
 
 def best_sample(result: AlignmentResult, rule: str = "reward", rng_key=None) -> Array:
-    """One sample chosen from a result (ALGORITHMS.md §5 "Output").
+    """One sample chosen from a result (docs/algorithms.md §5 "Output").
 
     ``rule="reward"``: the highest finite reward among particles of nonzero weight (the paper's
     choice; ties: the first); ``"weights"``: a draw from the normalized weights (needs

@@ -1,98 +1,122 @@
-r"""The top-level samplers: Ψ-Sampler and every baseline of the paper, as configurations.
+r"""The SMC driver, equal-NFE budgets, and the named samplers of the paper as data.
 
-Every sampler is ``fn(rng_key, problem, *, num_particles, num_steps, ...) -> AlignmentResult``.
-The SMC family is one function, :func:`smc`: an initial stage
-(:func:`psijax.align.init.initial_particles`) followed by :func:`psijax.align.run_smc`. The
-named samplers only change its defaults:
+Every sampler is ``fn(rng_key, problem, *, num_particles | nfe_budget, num_steps, ...) ->
+AlignmentResult``. The SMC family is one function, :func:`smc`: an initial stage
+(:mod:`psijax.align.stages`) followed by :func:`psijax.align.run_smc`. A named sampler is a
+:class:`NamedSampler`, an entry of data — a name, a docstring and the keyword arguments it
+passes to :func:`smc` — and :data:`SAMPLERS` is the one registry every list of methods (the
+studies of :mod:`psijax.experiments`, the command line) is derived from:
 
-===============  =============  ==========  ===========  ===========  =====
-sampler          initial stage  proposal    potential    tempering    ``κ``
-===============  =============  ==========  ===========  ===========  =====
-``smc``          prior          twisted     difference   none         0.5
-``tds``          prior          twisted     difference   none         1
-``das``          prior          twisted     difference   DAS          0.5
-``fk_steering``  prior          bootstrap   max          none         1
-``psi_sampler``  pCNL chains    twisted     difference   none         0.5
-``top_k``        Top-K-of-N     twisted     difference   none         0.5
-``ula``          ULA chains     twisted     difference   none         0.5
-``mala``         MALA chains    twisted     difference   none         0.5
-``pcn``          pCN chains     twisted     difference   none         0.5
-===============  =============  ==========  ===========  ===========  =====
+==================  ==================================  ==========  ===========  =========  =====
+sampler             initial stage                       proposal    potential    tempering  ``κ``
+==================  ==================================  ==========  ===========  =========  =====
+``smc``             ``Prior()``                         twisted     difference   none       0.5
+``tds``             ``Prior()``                         twisted     difference   none       1
+``das``             ``Prior()``                         twisted     difference   DAS        0.5
+``fk_steering``     ``Prior()``                         bootstrap   max          none       1
+``psi_sampler``     ``Chains(psijax.pcnl, h=0.5)``      twisted     difference   none       0.5
+``top_k_smc``       ``TopK()``                          twisted     difference   none       0.5
+``ula_smc``         ``Chains(psijax.ula, ε=0.25)``      twisted     difference   none       0.5
+``mala_smc``        ``Chains(blackjax.mala, ε=0.25)``   twisted     difference   none       0.5
+``pcn_smc``         ``Chains(psijax.pcn, h=0.5)``       twisted     difference   none       0.5
+``tempered_smc``    ``Tempered()``                      twisted     difference   none       0.5
+==================  ==================================  ==========  ===========  =========  =====
 
-DAS tempering (ALGORITHMS.md §5): ``λ_i = min((1 + γ)^i − 1, 1)``, with ``γ = 2^{1/T} − 1`` by
-default so that ``λ`` reaches 1 exactly at the last step. The single-particle baselines
-:func:`dps`, :func:`freedom` and :func:`best_of_n` live in :mod:`psijax.align.guidance`.
+and the single-particle baselines :func:`~psijax.align.guidance.dps`,
+:func:`~psijax.align.guidance.freedom` and :func:`~psijax.align.guidance.best_of_n`. MALA and
+ULA run at ``ε = 0.25``, the Langevin time of one pCNL step ``h = 0.5``. DAS tempering
+(docs/algorithms.md §5): ``λ_i = min((1 + γ)^i − 1, 1)``, with ``γ = 2^{1/T} − 1`` by default
+so that ``λ`` reaches 1 exactly at the last step.
 
-**Equal cost.** ``nfe_budget = B`` fixes the total number of model evaluations (Tweedie
-predictors): a prior start spends it all on the SMC, ``N = ⌊B/T⌋`` particles; an initial stage
-gets ``⌊s·B⌋`` (``s = budget_split``, 0.5 as in the paper) — chains ``C·(B_burn + S + 1)``
-with ``B_burn = ⌈m/2⌉``, ``S = ⌊m/2⌋``, ``m = ⌊sB/C⌋ − 1``; Top-K that many candidates — and
-the SMC the rest, ``N = ⌊(1 − s)B/T⌋``. The paper's layout is ``B = 1000``: 5 chains × (50 + 50)
-pCNL steps and 20 particles × 25 steps.
+**Equal cost** (:func:`budget_layout`). ``nfe_budget = B`` fixes the total number of model
+evaluations (Tweedie predictors): a prior start spends it all on the SMC, ``N = ⌊B/T⌋``
+particles; another initial stage gets ``⌊s·B⌋`` (``s = budget_split``, 0.5 as in the paper) —
+chains ``C·(B_burn + S + 1)`` with ``B_burn = ⌈m/2⌉``, ``S = ⌊m/2⌋``, ``m = ⌊sB/C⌋ − 1``;
+Top-K that many candidates — and the SMC the rest, ``N = ⌊(1 − s)B/T⌋``. The paper's layout is
+``B = 1000``: 5 chains × (50 + 50) pCNL steps and 20 particles × 25 steps.
 
 **Initial weights and ``log Ẑ``.** The initial stage says how its particles were drawn
-relative to the prior; the SMC adds its own potential (ALGORITHMS.md §5). The initial stage may
-use another x0-predictor than the SMC (``init_predictor``, e.g. the flow map for an exact model
-and Tweedie for the SMC); the weights stay consistent. ``log_normalizer`` estimates ``log Z`` for
+relative to the prior; the SMC adds its own potential (docs/algorithms.md §5). A stage may use
+another x0-predictor than the SMC (its ``predictor``, e.g. the flow map for an exact model and
+Tweedie for the SMC); the weights stay consistent. ``log_normalizer`` estimates ``log Z`` for
 prior and tempered-SMC starts (``Ẑ_init·Ẑ_SMC``) and is NaN for MCMC and Top-K starts, whose SMC
 estimates ``Z / Z_init`` (``info.log_normalizer_smc``) or nothing exact (Top-K).
+
+**Adding a sampler** (docs/design.md): a configuration of existing parts is one
+:class:`NamedSampler` passed to :func:`register`; a new initial stage is a subclass of
+:class:`~psijax.align.stages.InitialStage`.
 """
 
 import dataclasses
+import inspect
 import math
-from typing import Callable
+from typing import Callable, Mapping
 
+import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from blackjax.types import ArrayLike, PRNGKey
 from jax.sharding import Mesh
 
-from psijax._checks import check_int
+from psijax._checks import check_int, check_real
+from psijax._deprecation import deprecated
+from psijax.align.chains import Chains
+from psijax.align.denoising import run_smc
 from psijax.align.guidance import best_of_n, dps, freedom
-from psijax.align.init import METHODS, initial_particles
-from psijax.align.problem import RewardProblem
+from psijax.align.predictors import Tweedie, as_predictor
+from psijax.align.problem import RewardProblem, check_problem
+from psijax.align.proposals import Bootstrap, Twisted
 from psijax.align.result import AlignmentResult, SamplerInfo
-from psijax.align.smc import run_smc
-from psijax.flows.sde import Diffusion, denoising_grid, reference_diffusion
+from psijax.align.stages import InitialStage, Prior, TopK
+from psijax.align.tempered import Tempered
+from psijax.flows.sde import Diffusion, check_diffusion, denoising_grid, reference_diffusion
+from psijax.mcmc.api import pcn, ula
+from psijax.smc.potentials import Difference, Max, Potential
 from psijax.smc.sharding import check_divisible, check_mesh
 
 __all__ = [
     "smc",
-    "psi_sampler",
-    "tds",
-    "das",
-    "fk_steering",
-    "top_k",
-    "ula",
-    "mala",
-    "pcn",
-    "dps",
-    "freedom",
-    "best_of_n",
-    "das_schedule",
+    "NamedSampler",
+    "SAMPLERS",
+    "register",
+    "unregister",
+    "initial_stage",
     "budget_layout",
+    "das_schedule",
     "DEFAULT_NUM_PARTICLES",
 ]
 
 DEFAULT_NUM_PARTICLES = 20
 """Particles when neither ``num_particles`` nor ``nfe_budget`` is given (the paper's 20)."""
 
-_CHAINS = ("pcnl", "pcn", "mala", "ula")
-
 
 def das_schedule(num_steps: int, gamma: float | None = None) -> np.ndarray:
     r"""DAS's tempering ``λ_i = min((1 + γ)^i − 1, 1)``, ``i = 0 … T`` (``λ_0 = 0``, ``λ_T = 1``).
 
-    ``gamma=None`` gives ``γ = 2^{1/T} − 1``, the smallest ``γ`` with ``λ_T = 1``; a larger
-    ``γ`` reaches 1 earlier. Raises ``ValueError`` when ``(1 + γ)^T < 2`` (``λ_T < 1``).
+    Parameters
+    ----------
+    num_steps
+        ``T >= 1``.
+    gamma
+        ``γ > 0``; ``None`` gives ``γ = 2^{1/T} − 1``, the smallest ``γ`` with ``λ_T = 1``; a
+        larger ``γ`` reaches 1 earlier.
+
+    Returns
+    -------
+    numpy.ndarray
+        The ``T + 1`` values ``λ_i``.
+
+    Raises
+    ------
+    ValueError
+        When ``(1 + γ)^T < 2`` (``λ_T < 1``).
+
     """
     num_steps = check_int(num_steps, "num_steps")
     if gamma is None:
         gamma = 2.0 ** (1.0 / num_steps) - 1.0
-    gamma = float(gamma)
-    if not (math.isfinite(gamma) and gamma > 0):
-        raise ValueError(f"`gamma` must be a finite number > 0, got {gamma!r}.")
+    gamma = check_real(gamma, "gamma", gt=0.0)
     lambdas = np.minimum((1.0 + gamma) ** np.arange(num_steps + 1) - 1.0, 1.0)
     if lambdas[-1] < 1.0 - 1e-12:
         raise ValueError(
@@ -103,6 +127,59 @@ def das_schedule(num_steps: int, gamma: float | None = None) -> np.ndarray:
     return lambdas
 
 
+def budget_layout(
+    init: InitialStage, nfe_budget: int, num_steps: int, *, budget_split: float = 0.5
+) -> tuple[int, InitialStage]:
+    r"""The particle count and the sized initial stage that spend ``nfe_budget = B`` evaluations.
+
+    With Tweedie predictors: ``N = ⌊B/T⌋`` for a stage that spends nothing (the prior);
+    otherwise the stage gets ``⌊sB⌋`` model evaluations (``s = budget_split``;
+    :meth:`~psijax.align.stages.InitialStage.budgeted`), i.e. ``⌊⌊sB⌋/c⌋`` evaluations of
+    ``r_init`` when its predictor costs a constant ``c`` (``nfe_per_call``), and the SMC
+    ``N = ⌊(B − ⌊sB⌋)/T⌋``. A stage of adaptive cost (tempered SMC) is returned as it is, with
+    that ``N``.
+
+    Parameters
+    ----------
+    init
+        The initial stage.
+    nfe_budget
+        ``B >= 1``.
+    num_steps
+        ``T >= 1``, the SMC's steps.
+    budget_split
+        ``s ∈ (0, 1)``.
+
+    Returns
+    -------
+    ``(num_particles, stage)``
+
+    Raises
+    ------
+    ValueError
+        When the budget cannot pay for one particle, for the stage's minimum (three evaluations
+        per chain), or when the stage already has the sizes the budget sets.
+
+    """
+    budget = check_int(nfe_budget, "nfe_budget")
+    num_steps = check_int(num_steps, "num_steps")
+    if not init.spends_budget:
+        return _at_least_one(budget // num_steps, budget), init
+    split = check_real(budget_split, "budget_split", gt=0.0, lt=1.0)
+    init_budget = int(math.floor(split * budget))
+    num_particles = _at_least_one((budget - init_budget) // num_steps, budget)
+    if init.adaptive_cost:
+        return num_particles, init
+    cost = _evaluation_cost(init)
+    if cost is None:
+        raise ValueError(
+            "`nfe_budget` needs Tweedie predictors, or an initial-stage predictor of constant cost "
+            "(Custom(fn, nfe_per_call=n)): a flow-map or custom predictor's cost per evaluation "
+            "is not known in advance; give `num_particles` and read `result.nfe`."
+        )
+    return num_particles, init.budgeted(init_budget // cost, num_particles)
+
+
 def smc(
     rng_key: PRNGKey,
     problem: RewardProblem,
@@ -111,25 +188,26 @@ def smc(
     num_steps: int | None = 25,
     grid: ArrayLike | None = None,
     diffusion: Diffusion | None = None,
-    init: str = "prior",
-    init_predictor: str | Callable | None = None,
-    proposal: str = "twisted",
-    potential: str = "difference",
+    init: InitialStage = Prior(),
+    proposal: Callable = Twisted(),
+    potential: Potential = Difference(),
     tempering: str | ArrayLike | None = None,
     das_gamma: float | None = None,
-    resampling: str = "systematic",
+    resampling: str | Callable = "systematic",
     ess_threshold: float = 0.5,
+    resample_every: int = 1,
+    num_resampled: int | None = None,
     nfe_budget: int | None = None,
     budget_split: float = 0.5,
     mesh: Mesh | None = None,
-    **init_options,
+    **deprecated_options,
 ) -> AlignmentResult:
     r"""SMC over the denoising grid from an initial stage: the one driver of the SMC family.
 
     Parameters
     ----------
     rng_key
-        PRNG key.
+        PRNG key (split into the initial stage's and the SMC's).
     problem
         The :class:`~psijax.align.RewardProblem`.
     num_particles
@@ -142,67 +220,78 @@ def smc(
         The SMC's :class:`~psijax.flows.sde.Diffusion`; default
         :func:`~psijax.flows.sde.reference_diffusion` (``g = t(2 − t)``).
     init
-        The initial stage, one of :data:`psijax.align.init.METHODS`.
-    init_predictor
-        The x0-predictor of the initial stage (``"tweedie"``, ``"flow_map"`` or a callable);
-        ``None``: the problem's.
-    proposal, potential, resampling, ess_threshold
-        Passed to :func:`~psijax.align.run_smc`.
+        The initial stage (:mod:`psijax.align.stages`): ``Prior()``, ``TopK(...)``,
+        ``Chains(kernel, ...)``, ``Tempered(...)`` or a user's.
+    proposal, potential
+        The SMC's parts (:func:`~psijax.align.run_smc`): ``Twisted()`` / ``Bootstrap()`` or a
+        callable; ``Difference()``, ``Max()``, ``Sum()``, ``Current()``.
     tempering
         ``None`` (``λ ≡ 1``), ``"das"`` (:func:`das_schedule` with ``das_gamma``) or a concrete
         array of ``T + 1`` values.
+    resampling, ess_threshold, resample_every, num_resampled
+        The resampling: scheme, ``κ``, every ``F`` steps, partial (:func:`~psijax.align.run_smc`).
     nfe_budget, budget_split
-        Fix the total NFE and the initial stage's share ``s ∈ (0, 1)`` (module docstring).
+        Fix the total NFE and the initial stage's share ``s ∈ (0, 1)`` (:func:`budget_layout`).
     mesh
         A :class:`jax.sharding.Mesh` to shard the particles and chains over, or ``None`` (one
-        device). The SMC's ``N`` and the initial stage's sharded count (chains, Top-K's
-        candidates) must be multiples of its device count; the result equals the single-device
-        one to float tolerance (:mod:`psijax.smc.sharding`).
-    **init_options
-        Keyword arguments of :func:`psijax.align.init.initial_particles` (``alpha``,
-        ``step_size``, ``num_chains``, ``burn_in``, ``num_kept``, ``adapt_step_size``,
-        ``num_candidates``, ``num_mcmc_steps``, ``target_ess``, ...).
+        device). The SMC's ``N`` and Top-K's candidates must be multiples of its device count
+        (chains are padded); the result equals the single-device one to float tolerance
+        (:mod:`psijax.smc.sharding`).
+    **deprecated_options
+        The 0.1 spellings: ``init`` as a method name with the stage's options
+        (``init="pcnl", burn_in=10``) and ``init_predictor``; they warn.
 
     Returns
     -------
-    :class:`~psijax.align.AlignmentResult` with ``info`` a :class:`~psijax.align.SamplerInfo`.
+    AlignmentResult
+        With ``info`` a :class:`~psijax.align.SamplerInfo`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the invalid argument, before anything runs.
 
     """
-    if not isinstance(problem, RewardProblem):
-        raise ValueError(f"`problem` must be a RewardProblem, got {type(problem).__name__}.")
-    if init not in METHODS:
-        raise ValueError(f"`init` must be one of {METHODS}, got {init!r}.")
+    check_problem(problem)
+    init = _stage(init, deprecated_options)
+    if not isinstance(init, InitialStage):
+        raise TypeError(
+            "`init` must be an initial stage (Prior(), TopK(...), Chains(...), Tempered(...)), "
+            f"got {init!r}."
+        )
     times = denoising_grid(num_steps, grid)
     num_steps = times.shape[0] - 1
-    diffusion = reference_diffusion() if diffusion is None else diffusion
-    init_problem = problem
-    if init_predictor is not None:
-        init_problem = dataclasses.replace(problem, x0_predictor=init_predictor)
-    num_particles, init_options = _budget(
-        init,
-        init_problem,
-        problem,
-        num_particles,
-        num_steps,
-        nfe_budget,
-        budget_split,
-        dict(init_options),
-    )
+    diffusion = reference_diffusion() if diffusion is None else check_diffusion(diffusion)
+    if nfe_budget is None:
+        num_particles = check_int(
+            DEFAULT_NUM_PARTICLES if num_particles is None else num_particles, "num_particles"
+        )
+    else:
+        if num_particles is not None:
+            raise ValueError("Give `num_particles` or `nfe_budget`, not both.")
+        if not isinstance(problem.x0_predictor, Tweedie):
+            raise ValueError(
+                "`nfe_budget` needs the SMC's predictor to be Tweedie (a flow-map or custom "
+                "predictor's cost per evaluation is not known in advance); give `num_particles` "
+                "and read `result.nfe`."
+            )
+        if init.adaptive_cost:
+            raise ValueError(
+                f"`nfe_budget` cannot be split with init={init!r} (init='tempered': its number "
+                "of temperatures is adaptive); give `num_particles` and read `result.nfe`."
+            )
+        num_particles, init = budget_layout(init, nfe_budget, num_steps, budget_split=budget_split)
     origin = "" if nfe_budget is None else f" (from nfe_budget={nfe_budget})"
     check_divisible(check_mesh(mesh), num_particles, "num_particles", origin)  # before any stage
-    if tempering is None:
-        schedule = None
-    elif isinstance(tempering, str):
+    init.check(problem, num_particles, mesh)
+    schedule = tempering
+    if isinstance(tempering, str):
         if tempering != "das":
             raise ValueError(f"`tempering` must be None, 'das' or an array, got {tempering!r}.")
         schedule = das_schedule(num_steps, das_gamma)
-    else:
-        schedule = tempering
 
     key_init, key_smc = jax.random.split(rng_key)
-    start = initial_particles(
-        key_init, init_problem, num_particles, method=init, mesh=mesh, **init_options
-    )
+    start = init.sample(key_init, problem, num_particles, mesh=mesh)
     result = run_smc(
         key_smc,
         problem,
@@ -215,11 +304,13 @@ def smc(
         schedule=schedule,
         resampling=resampling,
         ess_threshold=ess_threshold,
+        resample_every=resample_every,
+        num_resampled=num_resampled,
         mesh=mesh,
     )
     log_z_init = start.info.log_normalizer  # 0 (prior), log Ẑ_init (tempered), NaN otherwise
     info = SamplerInfo(
-        init=None if init == "prior" else start.info,
+        init=None if isinstance(init, Prior) else start.info,
         smc=result.info,
         nfe_init=start.nfe,
         nfe_sampling=result.nfe,
@@ -233,128 +324,273 @@ def smc(
     )
 
 
-def _configured(name: str, doc: str, **defaults) -> Callable:
-    """A named sampler: :func:`smc` with other defaults (any of them can still be passed)."""
+# ----------------------------------------------------------------------------------------------
+# Named samplers as data
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, eq=False)
+class NamedSampler:
+    r"""A named configuration of :func:`smc`: its name, its docstring and the arguments it sets.
 
-    def sampler(rng_key: PRNGKey, problem: RewardProblem, **kwargs) -> AlignmentResult:
-        return smc(rng_key, problem, **{**defaults, **kwargs})
+    Called as ``sampler(rng_key, problem, **kwargs)``: the keyword arguments of :func:`smc`
+    override the configuration, and the fields of its initial stage (``step_size``,
+    ``num_chains``, … for :class:`~psijax.align.chains.Chains`) can be passed directly. Its
+    ``inspect.signature`` lists all of them with the configuration's defaults.
 
-    settings = ", ".join(f"{k}={v!r}" for k, v in defaults.items())
-    sampler.__name__ = sampler.__qualname__ = name
-    sampler.__doc__ = (
-        f"{doc}\n\n    :func:`smc` with ``{settings}``; every keyword of :func:`smc` is accepted "
-        "and overrides these.\n"
-    )
-    return sampler
+    Parameters
+    ----------
+    name
+        The registry name (an identifier).
+    summary
+        The docstring's first paragraphs: what the sampler is and where it comes from.
+    config
+        Keyword arguments of :func:`smc` (``init``, ``proposal``, ``potential``,
+        ``tempering``, ``ess_threshold``, …).
+
+    """
+
+    name: str
+    summary: str
+    config: Mapping = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if not (isinstance(self.name, str) and self.name.isidentifier()):
+            raise ValueError(f"`name` must be an identifier, got {self.name!r}.")
+        unknown = set(self.config) - set(_SMC_PARAMETERS)
+        if unknown:
+            raise TypeError(f"`config` names no argument of smc: {sorted(unknown)}.")
+        stage = self.config.get("init", Prior())
+        if not isinstance(stage, InitialStage):
+            raise TypeError(f"`config['init']` must be an initial stage, got {stage!r}.")
+        object.__setattr__(self, "config", dict(self.config))
+        object.__setattr__(self, "__doc__", self._docstring())
+        object.__setattr__(self, "__name__", self.name)
+        object.__setattr__(self, "__qualname__", self.name)
+
+    @property
+    def init(self) -> InitialStage:
+        """The initial stage this sampler runs (``Prior()`` unless configured)."""
+        return self.config.get("init", Prior())
+
+    def __call__(self, rng_key: PRNGKey, problem: RewardProblem, **kwargs) -> AlignmentResult:
+        """Run :func:`smc` with this configuration (class docstring)."""
+        if "init" in kwargs:
+            raise TypeError(
+                f"{self.name} fixes its initial stage; pass its fields ({self._stage_names()}) "
+                "or call psijax.align.smc(init=...)."
+            )
+        stage_fields = set(self._stage_names())
+        stage_options = {k: kwargs.pop(k) for k in list(kwargs) if k in stage_fields}
+        config = dict(self.config)
+        if stage_options:
+            config["init"] = dataclasses.replace(self.init, **stage_options)
+        return smc(rng_key, problem, **{**config, **kwargs})
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        """``(rng_key, problem, *, <smc's arguments>, <the stage's fields>)`` with defaults."""
+        params = []
+        for p in inspect.signature(smc).parameters.values():
+            if p.name == "init" or p.kind is p.VAR_KEYWORD:
+                continue
+            params.append(p.replace(default=self.config.get(p.name, p.default)))
+        for f in dataclasses.fields(self.init):
+            params.append(
+                inspect.Parameter(
+                    f.name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=getattr(self.init, f.name),
+                    annotation=f.type,
+                )
+            )
+        return inspect.Signature(params, return_annotation=AlignmentResult)
+
+    def _stage_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self.init))
+
+    def _docstring(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.config.items()) or "its defaults"
+        stage = type(self.init).__name__
+        fields = ", ".join(f"``{n}``" for n in self._stage_names())
+        lines = [
+            self.summary.strip(),
+            "",
+            f":func:`psijax.align.smc` with ``{settings}``.",
+            "",
+            "Parameters",
+            "----------",
+            "rng_key, problem",
+            "    As in :func:`psijax.align.smc`.",
+        ]
+        if fields:
+            lines += [
+                fields.replace("``", ""),
+                f"    Fields of its initial stage, :class:`{type(self.init).__module__}.{stage}`"
+                f" (defaults: ``{self.init!r}``).",
+            ]
+        lines += [
+            "**kwargs",
+            "    Any other keyword argument of :func:`psijax.align.smc` (``num_particles``,",
+            "    ``nfe_budget``, ``num_steps``, ``resampling``, ``mesh``, …); they override",
+            "    the configuration.",
+            "",
+            "Returns",
+            "-------",
+            "AlignmentResult",
+            "    With ``info`` a :class:`~psijax.align.SamplerInfo`.",
+        ]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<sampler {self.name}>"
 
 
-psi_sampler = _configured(
-    "psi_sampler",
-    "Ψ-Sampler: pCNL chains on ``π_init ∝ N(0, I)·exp(r(x̂0(x, 1))/α_init)`` (5 chains, 50 "
-    "burn-in + 50 kept steps, ``h = 0.5``), then twisted SMC.\n\n    ``α_init`` (``alpha=``) "
-    "defaults to ``problem.alpha``, which makes ``π_init`` the optimal initial distribution "
-    "``p_1·exp(r(x̂0(x, 1))/α)``; the paper's released configs use ``α_init = 0.1`` for "
-    "their rewards (pass ``alpha=0.1`` to reproduce them).",
-    init="pcnl",
+_SMC_PARAMETERS = tuple(
+    name for name in inspect.signature(smc).parameters if name not in ("rng_key", "problem")
 )
-tds = _configured(
+
+psi_sampler = NamedSampler(
+    "psi_sampler",
+    "Ψ-Sampler (Yoon et al., NeurIPS 2025): pCNL chains on the reward-aware initial posterior "
+    "``π_init ∝ N(0, I)·exp(r(x̂0(x, 1))/α_init)`` (5 chains, 50 burn-in + 50 kept steps, "
+    "``h = 0.5``), then twisted SMC.\n\n``α_init`` (``alpha=``) defaults to ``problem.alpha``, "
+    "which makes ``π_init`` the optimal initial distribution ``p_1·exp(r(x̂0(x, 1))/α)``; the "
+    "paper's released configs use ``α_init = 0.1`` for their rewards (pass ``alpha=0.1`` to "
+    "reproduce them).",
+    {"init": Chains()},
+)
+tds = NamedSampler(
     "tds",
     "Twisted Diffusion Sampler (Wu et al. 2023): prior start, twisted proposal, resampling at "
     "every step.",
-    ess_threshold=1.0,
+    {"ess_threshold": 1.0},
 )
-das = _configured(
+das = NamedSampler(
     "das",
     "Diffusion Alignment as Sampling (Kim et al. 2025): prior start, twisted proposal, DAS "
-    "tempering, adaptive resampling.",
-    tempering="das",
+    "tempering (:func:`das_schedule`), adaptive resampling.",
+    {"tempering": "das"},
 )
-fk_steering = _configured(
+fk_steering = NamedSampler(
     "fk_steering",
     "Feynman–Kac steering (Singhal et al. 2025): prior start, bootstrap proposal (no reward "
     "gradient), max-over-time potential, resampling at every step.",
-    proposal="bootstrap",
-    potential="max",
-    ess_threshold=1.0,
+    {"proposal": Bootstrap(), "potential": Max(), "ess_threshold": 1.0},
 )
-top_k = _configured(
-    "top_k",
+top_k_smc = NamedSampler(
+    "top_k_smc",
     "Top-K-of-N initial particles (ranked by ``r(x̂0(x, 1))``, weighted as prior draws), then "
     "twisted SMC.",
-    init="top_k",
+    {"init": TopK()},
 )
-ula = _configured(
-    "ula", "ULA chains on ``π_init`` (unadjusted: biased), then twisted SMC.", init="ula"
+ula_smc = NamedSampler(
+    "ula_smc",
+    "ULA chains on ``π_init`` (unadjusted: biased), then twisted SMC.",
+    {"init": Chains(kernel=ula, step_size=0.25)},
 )
-mala = _configured("mala", "MALA chains (BlackJAX) on ``π_init``, then twisted SMC.", init="mala")
-pcn = _configured("pcn", "pCN chains (gradient-free) on ``π_init``, then twisted SMC.", init="pcn")
+mala_smc = NamedSampler(
+    "mala_smc",
+    "MALA chains (BlackJAX's ``blackjax.mala`` as it is) on ``π_init``, then twisted SMC.",
+    {"init": Chains(kernel=blackjax.mala, step_size=0.25)},
+)
+pcn_smc = NamedSampler(
+    "pcn_smc",
+    "pCN chains (gradient-free) on ``π_init``, then twisted SMC.",
+    {"init": Chains(kernel=pcn)},
+)
+tempered_smc = NamedSampler(
+    "tempered_smc",
+    "Adaptive tempered SMC from the prior to ``π_init`` with pCNL moves (independent particles "
+    "and an estimate of ``Z_init``), then twisted SMC: ``log_normalizer`` estimates ``log Z``.",
+    {"init": Tempered()},
+)
+
+SAMPLERS: dict[str, Callable] = {
+    "psi_sampler": psi_sampler,
+    "smc": smc,
+    "tds": tds,
+    "das": das,
+    "fk_steering": fk_steering,
+    "top_k_smc": top_k_smc,
+    "ula_smc": ula_smc,
+    "mala_smc": mala_smc,
+    "pcn_smc": pcn_smc,
+    "tempered_smc": tempered_smc,
+    "dps": dps,
+    "freedom": freedom,
+    "best_of_n": best_of_n,
+}
+"""Every sampler by name (same call shape). The studies and the command line list these."""
+
+
+def register(sampler: NamedSampler, *, replace: bool = False) -> NamedSampler:
+    """Add ``sampler`` to :data:`SAMPLERS` under its name (``ValueError`` if taken, unless
+    ``replace``); returns it."""
+    if not isinstance(sampler, NamedSampler):
+        raise TypeError(f"`sampler` must be a NamedSampler, got {sampler!r}.")
+    if sampler.name in SAMPLERS and not replace:
+        raise ValueError(f"a sampler named {sampler.name!r} is registered already.")
+    SAMPLERS[sampler.name] = sampler
+    return sampler
+
+
+def unregister(name: str) -> None:
+    """Remove the sampler ``name`` from :data:`SAMPLERS` (``KeyError`` if absent)."""
+    del SAMPLERS[name]
+
+
+def initial_stage(sampler: Callable) -> InitialStage | None:
+    """The initial stage of an SMC sampler (``Prior()`` for :func:`smc`), ``None`` for the
+    guidance samplers and best-of-N."""
+    if isinstance(sampler, NamedSampler):
+        return sampler.init
+    if sampler is smc:
+        return Prior()
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
 # Private helpers
 # ----------------------------------------------------------------------------------------------
-def budget_layout(
-    init: str, nfe_budget: int, num_steps: int, *, budget_split: float = 0.5, num_chains: int = 5
-) -> dict:
-    r"""The sizes that spend ``nfe_budget = B`` model evaluations with Tweedie predictors.
-
-    ``{"num_particles": N}`` with ``N = ⌊B/T⌋`` for a prior start and ``N = ⌊(B − ⌊sB⌋)/T⌋``
-    otherwise (``s = budget_split``); Top-K adds ``num_candidates = max(⌊sB⌋, N)``; chains add
-    ``burn_in = ⌈m/2⌉`` and ``num_kept = ⌊m/2⌋`` with ``m = ⌊⌊sB⌋/C⌋ − 1`` (each chain spends
-    ``m + 1`` evaluations with its initial state). The tempered stage gets ``N`` only (its cost
-    is adaptive). ``ValueError`` when the budget cannot pay for one particle or three
-    evaluations per chain.
-    """
-    budget = check_int(nfe_budget, "nfe_budget")
-    if init == "prior":
-        return {"num_particles": _at_least_one(budget // num_steps, budget)}
-    split = float(budget_split)
-    if not 0.0 < split < 1.0:
-        raise ValueError(f"`budget_split` must lie in (0, 1), got {budget_split!r}.")
-    init_budget = int(math.floor(split * budget))
-    layout = {"num_particles": _at_least_one((budget - init_budget) // num_steps, budget)}
-    if init == "top_k":
-        layout["num_candidates"] = max(init_budget, layout["num_particles"])
-    elif init in _CHAINS:
-        steps = init_budget // check_int(num_chains, "num_chains") - 1
-        if steps < 2:
-            raise ValueError(
-                f"`nfe_budget`={budget} leaves {init_budget} evaluations for {num_chains} chains: "
-                "fewer than 3 per chain (initial state, one burn-in and one kept step)."
-            )
-        layout.update(num_kept=steps // 2, burn_in=steps - steps // 2)
-    return layout
-
-
-def _budget(init, init_problem, problem, num_particles, num_steps, nfe_budget, split, options):
-    """Resolve ``num_particles`` and the initial stage's sizes from ``nfe_budget``."""
-    if nfe_budget is None:
-        if num_particles is None:
-            num_particles = DEFAULT_NUM_PARTICLES
-        return check_int(num_particles, "num_particles"), options
-    if num_particles is not None:
-        raise ValueError("Give `num_particles` or `nfe_budget`, not both.")
-    if not (problem.is_tweedie and init_problem.is_tweedie):
-        raise ValueError(
-            "`nfe_budget` needs Tweedie predictors (a flow-map or custom predictor's cost per "
-            "evaluation is not known in advance); give `num_particles` and read `result.nfe`."
-        )
-    if init == "tempered":
-        raise ValueError(
-            "`nfe_budget` cannot be split with init='tempered' (its number of temperatures is "
-            "adaptive); give `num_particles` and read `result.nfe`."
-        )
-    layout = budget_layout(
-        init, nfe_budget, num_steps, budget_split=split, num_chains=options.get("num_chains", 5)
-    )
-    num_particles = layout.pop("num_particles")
-    for name in layout:
-        if name in options:
-            raise ValueError(f"Give `{name}` or `nfe_budget`, not both.")
-    return num_particles, {**options, **layout}
+def _evaluation_cost(stage: InitialStage) -> int | None:
+    """NFE of one ``r_init`` evaluation of ``stage`` (the problem's predictor is Tweedie)."""
+    predictor = getattr(stage, "predictor", None)
+    if predictor is None:
+        return 1
+    if isinstance(predictor, str):  # deprecated names
+        return 1 if predictor == "tweedie" else None
+    return as_predictor(predictor, "predictor").nfe_per_call
 
 
 def _at_least_one(value: int, budget: int) -> int:
     if value < 1:
         raise ValueError(f"`nfe_budget`={budget} is too small for one particle over the grid.")
     return int(value)
+
+
+_RENAMED_OPTIONS = {"adapt_step_size": "adapt"}
+"""0.1 option names of the initial stage and their field names."""
+
+
+def _stage(init, options: dict) -> InitialStage:
+    """``init``, or the stage that the deprecated ``init="<method>", **options`` name."""
+    from psijax.align.init import stage_from_method  # the deprecated spellings
+
+    predictor = options.pop("init_predictor", None)
+    if isinstance(init, str):
+        deprecated(f"smc(init={init!r}, ...)", "smc(init=Chains(...)/TopK(...)/...)", 4)
+        init = stage_from_method(init, options)
+    elif options:
+        is_dataclass = dataclasses.is_dataclass(init)
+        fields = [f.name for f in dataclasses.fields(init)] if is_dataclass else []
+        renamed = {_RENAMED_OPTIONS.get(k, k): v for k, v in options.items()}
+        unknown = sorted(k for k in renamed if k not in fields)
+        if unknown:
+            raise TypeError(f"smc() got unexpected keyword arguments {unknown}.")
+        deprecated(f"smc({', '.join(options)}=...)", "the stage's fields, init=Stage(...)", 4)
+        init = dataclasses.replace(init, **renamed)
+    if predictor is not None:
+        deprecated("init_predictor=", "the stage's predictor= field", 4)
+        if not hasattr(init, "predictor"):
+            return init  # a prior start evaluates no predictor (0.1 ignored it too)
+        init = dataclasses.replace(init, predictor=predictor)
+    return init

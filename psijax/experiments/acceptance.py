@@ -21,9 +21,9 @@ import numpy as np
 import psijax
 from psijax.models.conjugate import make_conjugate
 
-__all__ = ["SAMPLERS", "sampler_for", "acceptance_vs_dimension", "format_markdown", "plot"]
+__all__ = ["KERNELS", "sampler_for", "acceptance_vs_dimension", "format_markdown", "plot"]
 
-SAMPLERS = ("pcn", "pcnl", "ula", "mala")
+KERNELS = ("pcn", "pcnl", "ula", "mala")
 
 
 _MODULES = {"pcn": psijax.pcn, "pcnl": psijax.pcnl, "ula": psijax.ula, "mala": blackjax.mala}
@@ -32,7 +32,7 @@ _MODULES = {"pcn": psijax.pcn, "pcnl": psijax.pcnl, "ula": psijax.ula, "mala": b
 def sampler_for(name: str) -> tuple[Callable, Callable, float]:
     """``(init, kernel, step_scale)`` of sampler ``name``: it runs at ``step_scale · h``."""
     if name not in _MODULES:
-        raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {name!r}.")
+        raise ValueError(f"`sampler` must be one of {KERNELS}, got {name!r}.")
     api = _MODULES[name]
     return api.init, api.build_kernel(), (1.0 if name in ("pcn", "pcnl") else 0.5)
 
@@ -78,7 +78,7 @@ def _run_chains(init, kernel, logdensity_fn, dim, num_chains, num_steps):
 def acceptance_vs_dimension(
     dims: Iterable[int] = (2, 16, 256, 4096, 65536),
     step_sizes: Iterable[float] = (0.05, 0.5, 2.0),
-    samplers: Iterable[str] = SAMPLERS,
+    samplers: Iterable[str] = KERNELS,
     *,
     num_chains: int = 5,
     num_steps: int = 200,
@@ -94,8 +94,8 @@ def acceptance_vs_dimension(
     """
     dims, step_sizes, samplers = list(dims), list(step_sizes), list(samplers)
     for name in samplers:
-        if name not in SAMPLERS:
-            raise ValueError(f"`samplers` entries must be in {SAMPLERS}, got {name!r}.")
+        if name not in KERNELS:
+            raise ValueError(f"`samplers` entries must be in {KERNELS}, got {name!r}.")
     if not 0 <= burn_in < num_steps:
         raise ValueError(f"need 0 <= burn_in < num_steps, got {burn_in}, {num_steps}.")
     grid = [(d, h, s) for d in dims for s in samplers for h in step_sizes]
@@ -148,7 +148,7 @@ def plot(rows: list[dict], path: str) -> None:
     step_sizes = sorted({r["step_size"] for r in rows})
     fig, axes = plt.subplots(1, len(step_sizes), figsize=(4 * len(step_sizes), 3.2), sharey=True)
     for ax, h in zip(np.atleast_1d(axes), step_sizes, strict=True):
-        for name in SAMPLERS:
+        for name in KERNELS:
             sel = sorted(
                 (r for r in rows if r["sampler"] == name and r["step_size"] == h),
                 key=lambda r: r["dim"],

@@ -21,7 +21,7 @@ from psijax.smc.sharding import particle_mesh
 
 __all__ = ["DEFAULT_METHODS", "median_seconds", "time_samplers"]
 
-DEFAULT_METHODS = ("psi_sampler", "tds", "das", "fk_steering", "top_k", "dps", "best_of_n")
+DEFAULT_METHODS = ("psi_sampler", "tds", "das", "fk_steering", "top_k_smc", "dps", "best_of_n")
 """Methods timed by default: Ψ-Sampler and one of each kind of baseline."""
 
 
@@ -49,9 +49,8 @@ def time_samplers(
 
     Rows: ``method``, ``devices``, ``num_particles``, ``num_steps``, ``nfe``, ``compile_s``,
     ``run_s`` (median), ``us_per_particle_step`` and ``us_per_nfe``. Chain-start samplers run
-    ``max(5, D)`` chains rounded up to a multiple of the device count ``D`` (5, the paper's, on
-    one device). ``ValueError`` for an unknown method or a particle count the devices do not
-    divide.
+    their default chains (5, the paper's), padded to the device count on a mesh.
+    ``ValueError`` for an unknown method or a particle count the devices do not divide.
     """
     unknown = [m for m in methods if m not in align.SAMPLERS]
     if unknown:
@@ -59,7 +58,6 @@ def time_samplers(
     problem = exact_problem(preset)
     mesh = particle_mesh() if all_devices else None
     devices = 1 if mesh is None else mesh.size
-    chains = -(-max(5, devices) // devices) * devices
     rows = []
     iterator = methods
     if progress:
@@ -68,8 +66,6 @@ def time_samplers(
         iterator = tqdm(methods, desc="bench", unit="method")
     for name in iterator:
         options = {"num_particles": num_particles, "num_steps": num_steps, "mesh": mesh}
-        if name in ("psi_sampler", "ula", "mala", "pcn"):
-            options["num_chains"] = chains
         sampler = jax.jit(lambda key, name=name, o=options: align.SAMPLERS[name](key, problem, **o))
         key = jax.random.key(0)
         start = time.perf_counter()

@@ -38,13 +38,13 @@ count with uniform weights; ``target (IS)``, the whole pool importance-weighted 
 
 Methods and their equal-NFE sizes are those of the toy study (:mod:`psijax.experiments.methods`),
 with one change: an initial stage with the **flow-map** predictor (``"psi_sampler[flow_map]"``)
-solves ``Φ_t`` by :data:`FLOW_MAP_STEPS` fixed Euler steps (:func:`euler_flow_map`), and its
-chains are shortened by that factor, so that it spends the same budget as the Tweedie version
-(:func:`method_options`). The tempered-SMC initial stage (``"tempered"``,
-``"tempered[flow_map]"``) cannot be sized in advance: it gets the same particle count and the
-table reports the NFE it spent, as in the toy study. The adaptive Tsit5 flow map of the toy
-study costs about 30 model evaluations per prediction here, thirty times the budget
-(``flow_map_steps=None`` still runs it, reporting its true NFE). DPS and FreeDoM use
+solves ``Φ_t`` by :data:`FLOW_MAP_STEPS` fixed Euler steps (:func:`euler_flow_map`, a predictor
+of constant cost), so its chains are shortened by that factor and it spends the same budget as
+the Tweedie version (:func:`method_options`). The tempered-SMC initial stage
+(``"tempered_smc"``, ``"tempered_smc[flow_map]"``) cannot be sized in advance: it gets the same
+particle count and the table reports the NFE it spent, as in the toy study. The adaptive Tsit5
+flow map of the toy study costs about 30 model evaluations per prediction here, thirty times
+the budget (``flow_map_steps=None`` still runs it, reporting its true NFE). DPS and FreeDoM use
 ``guidance_scale = 1/α`` (the tilt's own strength). Each (task, method) is compiled once, the
 target being an argument of the compiled function, and looped over targets and seeds.
 """
@@ -58,7 +58,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from psijax.align import SAMPLERS, RewardProblem
+from psijax._checks import check_int
+from psijax.align import SAMPLERS, Custom, FlowMap, RewardProblem
 from psijax.experiments.methods import Method, parse_method, sampler_options
 from psijax.experiments.methods import default_methods as _all_methods
 from psijax.experiments.toy import FAST_COMPILE, FLOW_MAP_OPTIONS
@@ -286,14 +287,12 @@ def heldout_metric(models: DigitsModels, task: Task, images) -> jax.Array:
 
 
 def make_problem(models: DigitsModels, task_name: str, param, alpha: float) -> RewardProblem:
-    """The unconditional prior with the seen reward of ``param`` (flow-map tolerances
-    :data:`psijax.experiments.toy.FLOW_MAP_OPTIONS` for initial stages that ask for them)."""
+    """The unconditional prior with the seen reward of ``param`` (Tweedie)."""
     return RewardProblem(
         digits.velocity_fn(models.flow, digits.NULL_CLASS),
         seen_reward(models, task_name, param),
         (16, 4),
         alpha,
-        flow_map_options=FLOW_MAP_OPTIONS,
     )
 
 
@@ -301,24 +300,23 @@ FLOW_MAP_STEPS = 4
 """Euler steps of the flow-map predictor of the initial stages in this study."""
 
 
-def euler_flow_map(num_steps: int = FLOW_MAP_STEPS) -> Callable:
+def euler_flow_map(num_steps: int = FLOW_MAP_STEPS) -> Custom:
     """An x0-predictor ``(velocity_fn, x, t) -> (Φ_t(x), num_steps)``: the flow map solved by
-    ``num_steps`` Euler steps on the uniform grid from ``t`` to 0 (differentiable, fixed cost;
-    a :class:`~psijax.align.RewardProblem` callable predictor)."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"`flow_map_steps` must be an int >= 1, got {num_steps!r}.")
+    ``num_steps`` Euler steps on the uniform grid from ``t`` to 0 (differentiable; a
+    :class:`~psijax.align.Custom` predictor of constant cost ``nfe_per_call = num_steps``)."""
+    num_steps = check_int(num_steps, "flow_map_steps")
 
     def predictor(velocity_fn, x, t):
         grid = jnp.asarray(t, jnp.float32) * jnp.linspace(1.0, 0.0, num_steps + 1)
         return ode.euler_sample(velocity_fn, x, grid), jnp.int32(num_steps)
 
-    return predictor
+    return Custom(predictor, nfe_per_call=num_steps)
 
 
 def default_methods() -> tuple[str, ...]:
-    """The toy study's methods: every sampler of :data:`psijax.align.SAMPLERS`,
-    ``"tempered"``, and the flow-map variants ``"psi_sampler[flow_map]"`` and
-    ``"tempered[flow_map]"`` (:func:`psijax.experiments.methods.default_methods`)."""
+    """The toy study's methods: every sampler of :data:`psijax.align.SAMPLERS` and the flow-map
+    variants ``"psi_sampler[flow_map]"`` and ``"tempered_smc[flow_map]"``
+    (:func:`psijax.experiments.methods.default_methods`)."""
     return _all_methods(flow_map=True)
 
 
@@ -326,27 +324,14 @@ def method_options(
     method: Method, budget: int, num_steps: int, alpha: float, flow_map_steps: int | None
 ) -> dict:
     """Sampler keyword arguments of ``method`` at the NFE budget (module doc): those of
-    :func:`psijax.experiments.methods.sampler_options`; guidance ``1/α``; a flow-map initial
-    stage gets :func:`euler_flow_map` and chains (candidates) shortened ``flow_map_steps``-fold
-    (``None``: the adaptive flow map with the Tweedie layout)."""
-    options = sampler_options(method, budget, num_steps)
+    :func:`psijax.experiments.methods.sampler_options`, with guidance ``1/α``; a flow-map
+    initial stage gets :func:`euler_flow_map` (``None``: the adaptive flow map of the toy study,
+    :data:`psijax.experiments.toy.FLOW_MAP_OPTIONS`, with the Tweedie layout)."""
+    flow_map = FlowMap(**FLOW_MAP_OPTIONS) if flow_map_steps is None else None
+    flow_map = euler_flow_map(flow_map_steps) if flow_map is None else flow_map
+    options = sampler_options(method, budget, num_steps, flow_map=flow_map)
     if method.sampler in ("dps", "freedom"):
         options["guidance_scale"] = 1.0 / alpha
-    if method.init_predictor != "flow_map" or flow_map_steps is None:
-        return options
-    options["init_predictor"] = euler_flow_map(flow_map_steps)
-    share = (budget // 2) // flow_map_steps
-    if "num_kept" in options:
-        steps = share // options["num_chains"] - 1
-        if steps < 2 or options["num_chains"] * (steps // 2) < options["num_particles"]:
-            raise ValueError(
-                f"budget {budget} is too small for {method.name!r} with {flow_map_steps} "
-                "flow-map steps per prediction: its chains would keep fewer states than the "
-                f"{options['num_particles']} particles."
-            )
-        options.update(num_kept=steps // 2, burn_in=steps - steps // 2)
-    elif "num_candidates" in options:
-        options["num_candidates"] = max(share, options["num_particles"])
     return options
 
 

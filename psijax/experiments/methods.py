@@ -1,117 +1,142 @@
-r"""The alignment methods of the studies and their sizes at equal NFE.
+r"""The alignment methods of the studies and their sizes at equal NFE, from the registry.
 
-A *method* is a name of :data:`psijax.align.SAMPLERS`, ``"tempered"`` (SMC from a tempered-SMC
-initial stage with pCNL moves), optionally suffixed ``"[flow_map]"`` for an initial stage that
-uses the flow-map predictor (the SMC keeps Tweedie). :func:`sampler_options` gives every method
-the same budget of model evaluations; the toy study (:mod:`psijax.experiments.toy`) and the
-digits study (:mod:`psijax.experiments.digits`) both size their runs with it.
+A *method* is a name of :data:`psijax.align.SAMPLERS`, optionally suffixed ``"[flow_map]"``
+for a sampler with an initial stage whose ``r_init`` then uses a flow-map predictor (the SMC
+keeps Tweedie). Nothing here lists samplers by hand: a sampler registered with
+:func:`psijax.align.register` is a method of every study and of the command line.
+:func:`sampler_options` gives every method the same budget of model evaluations; the toy study
+(:mod:`psijax.experiments.toy`) and the digits study (:mod:`psijax.experiments.digits`) both
+size their runs with it.
 """
 
+import dataclasses
+import warnings
 from typing import NamedTuple
 
-import numpy as np
-
-from psijax.align import SAMPLERS
-from psijax.align.samplers import budget_layout
-from psijax.flows.sde import denoising_grid
+from psijax.align import SAMPLERS, budget_layout, initial_stage
+from psijax.align.predictors import as_predictor
 
 __all__ = [
-    "GUIDANCE",
-    "INITIAL_STAGE",
+    "FLOW_MAP",
+    "RENAMED",
     "Method",
     "parse_method",
     "default_methods",
+    "flow_map_variants",
     "sampler_options",
 ]
 
-GUIDANCE = ("dps", "freedom", "best_of_n")
-INITIAL_STAGE = ("psi_sampler", "top_k", "ula", "mala", "pcn", "tempered")
+FLOW_MAP = "[flow_map]"
+"""The suffix of a method whose initial stage uses a flow-map predictor."""
+
+RENAMED = {
+    "top_k": "top_k_smc",
+    "ula": "ula_smc",
+    "mala": "mala_smc",
+    "pcn": "pcn_smc",
+    "tempered": "tempered_smc",
+}
+"""0.1 method names (deprecated, removed after 0.2) and their registry names."""
 
 
 class Method(NamedTuple):
-    """A row of the study: ``name`` as shown, the ``sampler`` of :data:`SAMPLERS` it calls, the
-    initial stage's ``init`` override (``"tempered"`` or None) and ``init_predictor``."""
+    """A row of a study: ``name`` as shown, the ``sampler`` of :data:`SAMPLERS` it calls, and
+    ``flow_map``: whether its initial stage uses the study's flow-map predictor."""
 
     name: str
     sampler: str
-    init: str | None = None
-    init_predictor: str | None = None
+    flow_map: bool = False
 
 
 def parse_method(name: str) -> Method:
-    """``"psi_sampler"``, ``"tempered"``, ``"psi_sampler[flow_map]"``, … → :class:`Method`.
+    """``"psi_sampler"``, ``"tempered_smc[flow_map]"``, … → :class:`Method`.
 
-    Raises ``ValueError`` for an unknown sampler or a flow-map suffix on a method without an
-    initial stage.
+    Raises
+    ------
+    ValueError
+        For an unknown sampler, or a flow-map suffix on a sampler without an initial stage that
+        takes a predictor.
+
     """
-    base, predictor = name, None
-    if name.endswith("[flow_map]"):
-        base, predictor = name[: -len("[flow_map]")], "flow_map"
-        if base not in INITIAL_STAGE:
-            raise ValueError(
-                f"'[flow_map]' needs an initial-stage method {INITIAL_STAGE}: {name!r}"
-            )
-    if base == "tempered":
-        return Method(name, "smc", "tempered", predictor)
-    if base not in SAMPLERS:
-        raise ValueError(
-            f"method must be one of {(*SAMPLERS, 'tempered')} (+ '[flow_map]'): {name!r}"
+    base, flow_map = name, name.endswith(FLOW_MAP)
+    if flow_map:
+        base = name[: -len(FLOW_MAP)]
+    if base in RENAMED:
+        warnings.warn(
+            f"psijax: method {base!r} is deprecated and will be removed after 0.2; use "
+            f"{RENAMED[base]!r}.",
+            DeprecationWarning,
+            stacklevel=2,
         )
-    return Method(name, base, None, predictor)
+        base = RENAMED[base]
+        name = base + (FLOW_MAP if flow_map else "")
+    if base not in SAMPLERS:
+        raise ValueError(f"method must be one of {tuple(SAMPLERS)} (+ {FLOW_MAP!r}): {name!r}")
+    if flow_map and base not in flow_map_variants(suffix=False):
+        raise ValueError(
+            f"{FLOW_MAP!r} needs a sampler whose initial stage takes a predictor "
+            f"{flow_map_variants(suffix=False)}: {name!r}"
+        )
+    return Method(name, base, flow_map)
+
+
+def flow_map_variants(suffix: bool = True) -> tuple[str, ...]:
+    """The samplers of :data:`SAMPLERS` whose initial stage has a ``predictor`` (with the
+    ``"[flow_map]"`` suffix when ``suffix``)."""
+    names = [
+        name
+        for name, sampler in SAMPLERS.items()
+        if sampler is not SAMPLERS.get("smc") and _has_predictor(initial_stage(sampler))
+    ]
+    return tuple(n + FLOW_MAP if suffix else n for n in names)
 
 
 def default_methods(flow_map: bool = True) -> tuple[str, ...]:
-    """Every sampler of :data:`SAMPLERS`, ``"tempered"`` and (``flow_map``) the flow-map
-    variants of Ψ-Sampler and of the tempered initial stage."""
-    extra = ("psi_sampler[flow_map]", "tempered[flow_map]") if flow_map else ()
-    return (*SAMPLERS, "tempered", *extra)
+    """Every sampler of :data:`SAMPLERS` and (``flow_map``) the flow-map variants of Ψ-Sampler
+    and of the tempered initial stage."""
+    extra = ("psi_sampler" + FLOW_MAP, "tempered_smc" + FLOW_MAP) if flow_map else ()
+    return (*SAMPLERS, *(m for m in extra if m[: -len(FLOW_MAP)] in SAMPLERS))
 
 
-def sampler_options(
-    method: Method,
-    budget: int,
-    num_steps: int,
-    *,
-    num_chains: int = 5,
-    num_repeats: int = 3,
-    window: tuple[float, float] = (0.3, 0.7),
-) -> dict:
+def sampler_options(method: Method, budget: int, num_steps: int, flow_map=None) -> dict:
     """Keyword arguments that give ``method`` the NFE budget ``B`` over ``T`` steps.
 
-    Prior starts and the Tweedie initial stages pass ``nfe_budget=B`` to the sampler. Guidance:
-    ``N = ⌊B/T⌋`` (DPS, best-of-N), ``N = ⌊B/(T + K·W)⌋`` (FreeDoM, ``W`` = grid times
-    ``t_i``, ``i < T``, in ``window``). Flow-map and tempered initial stages: the particle count
-    ``⌊(B − ⌊B/2⌋)/T⌋`` and chain layout that ``nfe_budget=B`` gives the Tweedie version
-    (chains ``m = ⌊⌊B/2⌋/C⌋ − 1`` steps, ``⌈m/2⌉`` burn-in, ``⌊m/2⌋`` kept; Top-K
-    ``max(⌊B/2⌋, N)`` candidates); their true NFE is read off the result.
+    Every sampler takes ``nfe_budget=B`` itself (:func:`psijax.align.budget_layout`; guidance:
+    ``N = ⌊B/T⌋``, FreeDoM ``⌊B/(T + K·W)⌋``). Two exceptions get the layout that
+    ``nfe_budget=B`` gives their Tweedie version (particle count, chains or candidates) and
+    report their true NFE: a stage of adaptive cost (tempered SMC), and a flow-map variant
+    whose predictor (``flow_map``, a :class:`~psijax.align.predictors.Predictor`) has no
+    constant cost. A flow-map predictor of constant cost (``nfe_per_call``) is budgeted
+    exactly: its stage gets ``⌊B/2⌋ / nfe_per_call`` evaluations.
     """
-    if method.sampler in GUIDANCE:
-        per_particle = num_steps
-        if method.sampler == "freedom":
-            current = denoising_grid(num_steps, None)[:-1]
-            width = int(np.sum((current >= window[0]) & (current <= window[1])))
-            per_particle += num_repeats * width
-        return {"num_particles": _positive(budget // per_particle, method.name, budget)}
-    if method.init is None and method.init_predictor is None:
-        # The sampler splits the budget itself; the layout call only checks it is large enough.
-        budget_layout(_INIT.get(method.sampler, "prior"), budget, num_steps, num_chains=num_chains)
-        return {"nfe_budget": budget}
-    init = method.init or _INIT[method.sampler]
-    options = budget_layout(init, budget, num_steps, num_chains=num_chains)
-    if init in ("pcnl", "pcn", "mala", "ula"):
-        options["num_chains"] = num_chains
-    if method.init is not None:
-        options["init"] = method.init
-    if method.init_predictor is not None:
-        options["init_predictor"] = method.init_predictor
+    stage = initial_stage(SAMPLERS[method.sampler])
+    predictor = None
+    if method.flow_map:
+        if flow_map is None:
+            raise ValueError(f"{method.name!r} needs the study's flow-map predictor (`flow_map`).")
+        predictor = as_predictor(flow_map, "flow_map")
+    exact = stage is None or not stage.adaptive_cost
+    exact &= predictor is None or predictor.nfe_per_call is not None
+    if exact:
+        options = {"nfe_budget": budget}
+        if stage is not None:  # fail early, with the sampler's own message, if B is too small
+            budget_layout(_with(stage, predictor), budget, num_steps)
+    else:
+        num_particles, sized = budget_layout(stage, budget, num_steps)
+        changed = {
+            f.name: getattr(sized, f.name)
+            for f in dataclasses.fields(sized)
+            if getattr(sized, f.name) != getattr(stage, f.name)
+        }
+        options = {"num_particles": num_particles, **changed}
+    if predictor is not None:
+        options["predictor"] = predictor
     return options
 
 
-_INIT = {"psi_sampler": "pcnl", "top_k": "top_k", "ula": "ula", "mala": "mala", "pcn": "pcn"}
-"""The initial stage of each initial-stage sampler of :data:`SAMPLERS`."""
+def _has_predictor(stage) -> bool:
+    return stage is not None and any(f.name == "predictor" for f in dataclasses.fields(stage))
 
 
-def _positive(n: int, name: str, budget: int) -> int:
-    if n < 1:
-        raise ValueError(f"budget {budget} is too small for one particle of {name!r}.")
-    return int(n)
+def _with(stage, predictor):
+    return stage if predictor is None else dataclasses.replace(stage, predictor=predictor)

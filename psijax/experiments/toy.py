@@ -6,15 +6,14 @@ model of the data:
 
 - ``"exact"``: the mixture's exact velocity. Its one-step Tweedie prediction ``x̂0(x, 1) = E[x0]``
   is a constant, so Ψ-Sampler's ``π_init`` is the prior and its chains are pCN chains on
-  ``N(0, I)`` (ALGORITHMS.md §3); only the flow-map predictor makes the initial stage
+  ``N(0, I)`` (docs/algorithms.md §3); only the flow-map predictor makes the initial stage
   reward-aware, at the cost of an ODE solve per evaluation.
 - ``"reflow"``: a shipped reflowed MLP (:func:`psijax.models.reflow.load_reflow`) whose one-step
   prediction is sharp, the toy analog of timestep-distilled FLUX-schnell.
 
-A *method* is a name of :data:`psijax.align.SAMPLERS`, ``"tempered"`` (SMC from a tempered-SMC
-initial stage with pCNL moves), optionally suffixed ``"[flow_map]"`` for an initial stage that
-uses the flow-map predictor (the SMC keeps Tweedie); :mod:`psijax.experiments.methods` parses
-and sizes them, and this module re-exports its names.
+A *method* is a name of :data:`psijax.align.SAMPLERS`, optionally suffixed ``"[flow_map]"``
+for an initial stage that uses the flow-map predictor :data:`FLOW_MAP` (the SMC keeps Tweedie);
+:mod:`psijax.experiments.methods` parses and sizes them, and this module re-exports its names.
 
 **Equal NFE** (:func:`sampler_options`). For a budget ``B`` and ``T`` steps: prior starts and
 best-of-N/DPS get ``N = ⌊B/T⌋`` particles, FreeDoM ``N = ⌊B/(T + K·W)⌋`` (``K`` repeats over the
@@ -23,7 +22,7 @@ paper's layout at ``B = 1000``: 5 pCNL chains × (50 + 49 + 1) and 20 particles 
 flow-map and tempered variants cannot be sized by NFE in advance: they get the same particle
 count and chain lengths, and the table reports the NFE they really spent.
 
-**Metrics** (:func:`evaluate`, ALGORITHMS.md §8), on the normalized weights ``w`` of the final
+**Metrics** (:func:`evaluate`, docs/algorithms.md §8), on the normalized weights ``w`` of the final
 particles against the exact target: ``E_w[r]``; MMD² with an RBF kernel at the fixed bandwidth
 :data:`FIXED_BANDWIDTH` and at the median heuristic; the energy distance; the total variation
 between the weighted mode occupancy (nearest data mode) and the target's exact occupancy under
@@ -48,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from psijax import metrics
-from psijax.align import SAMPLERS, RewardProblem
+from psijax.align import SAMPLERS, FlowMap, RewardProblem
 from psijax.experiments.methods import (
     Method,
     default_methods,
@@ -64,6 +63,7 @@ __all__ = [
     "METRICS",
     "FIXED_BANDWIDTH",
     "FLOW_MAP_OPTIONS",
+    "FLOW_MAP",
     "FAST_COMPILE",
     "ToySetting",
     "Method",
@@ -96,6 +96,8 @@ spacing (4), so it resolves mass within and between modes."""
 FLOW_MAP_OPTIONS = {"rtol": 1e-3, "atol": 1e-3}
 """ODE tolerances of the flow-map predictor (Tsit5): looser than the library default, since
 ``1e-3`` is far below the modes' std and halves the NFE of every flow-map evaluation."""
+FLOW_MAP = FlowMap(**FLOW_MAP_OPTIONS)
+"""The flow-map predictor of the ``"[flow_map]"`` methods."""
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 """XLA options for the runs: compilation dominates these tiny programs on CPU, and the lowest
 backend optimization level compiles about 40 % faster for a similar run time."""
@@ -160,29 +162,16 @@ def build_setting(
 
 
 def make_problem(setting: ToySetting) -> RewardProblem:
-    """The :class:`RewardProblem` of a setting (Tweedie; flow-map tolerances
-    :data:`FLOW_MAP_OPTIONS` for initial stages that ask for the flow map)."""
+    """The (Tweedie) :class:`RewardProblem` of a setting."""
     toy = setting.toy
-    return RewardProblem(
-        setting.velocity_fn,
-        toy.reward_fn,
-        (toy.data.dim,),
-        toy.alpha,
-        flow_map_options=FLOW_MAP_OPTIONS,
-    )
+    return RewardProblem(setting.velocity_fn, toy.reward_fn, (toy.data.dim,), toy.alpha)
 
 
 def exact_problem(preset: str) -> RewardProblem:
-    """The :class:`RewardProblem` of a preset with its exact data velocity, built without the
-    references :func:`build_setting` computes (for timing and sharding runs)."""
+    """The (Tweedie) :class:`RewardProblem` of a preset with its exact data velocity, built
+    without the references :func:`build_setting` computes (for timing and sharding runs)."""
     toy = presets.toy_problem(preset)
-    return RewardProblem(
-        toy.data.velocity,
-        toy.reward_fn,
-        (toy.data.dim,),
-        toy.alpha,
-        flow_map_options=FLOW_MAP_OPTIONS,
-    )
+    return RewardProblem(toy.data.velocity, toy.reward_fn, (toy.data.dim,), toy.alpha)
 
 
 # -- metrics -------------------------------------------------------------------------------------
@@ -240,7 +229,7 @@ def run_method(
 ) -> MethodRun:
     """Run ``method`` once per seed (one ``jit`` compilation, then a loop over seeds)."""
     method = parse_method(method) if isinstance(method, str) else method
-    options = sampler_options(method, budget, num_steps)
+    options = sampler_options(method, budget, num_steps, flow_map=FLOW_MAP)
     if method.sampler in ("dps", "freedom"):
         options["guidance_scale"] = guidance_scale
     sampler, problem = SAMPLERS[method.sampler], make_problem(setting)
@@ -288,7 +277,7 @@ def sampler_target_row(
 
     Its distance to the exact target is the share of every SMC method's error that more
     particles cannot remove: discretization (small for the exact model) and, for the reflow
-    model, that the stochastic sampler of ALGORITHMS.md §2 reads a score off the velocity as
+    model, that the stochastic sampler of docs/algorithms.md §2 reads a score off the velocity as
     if the model were trained on independent (noise, data) pairs, which a reflowed model is not.
     """
     x = _sde_samples(setting, jax.random.key(11), num_samples, num_steps)

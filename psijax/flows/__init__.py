@@ -8,10 +8,13 @@
   with exact NFE counts.
 
 Every function acts on a single sample and a user ``velocity_fn(x, t)``; vectorize with
-``jax.vmap``.
+``jax.vmap``. :mod:`~psijax.flows.ode` (and diffrax) is imported on first use of one of its
+names.
 """
 
-from psijax.flows import interpolant, ode, sde
+import importlib
+
+from psijax.flows import interpolant, sde
 from psijax.flows.interpolant import (
     flux_grid,
     flux_mu,
@@ -25,7 +28,6 @@ from psijax.flows.interpolant import (
     uniform_grid,
     velocity_from_tweedie,
 )
-from psijax.flows.ode import euler_sample, flow_map, flow_map_predictor, solve
 from psijax.flows.sde import (
     Diffusion,
     Transition,
@@ -71,3 +73,17 @@ __all__ = [
     "flow_map",
     "flow_map_predictor",
 ]
+
+_ODE_NAMES = ("euler_sample", "solve", "flow_map", "flow_map_predictor")
+
+
+def __getattr__(name: str):
+    if name == "ode":
+        return importlib.import_module("psijax.flows.ode")
+    if name in _ODE_NAMES:
+        return getattr(importlib.import_module("psijax.flows.ode"), name)
+    raise AttributeError(f"module 'psijax.flows' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -9,7 +9,7 @@ for any ``s``. Integrating it from ``t`` down to ``0`` gives the **flow map**
 
 which pushes ``p_t`` forward to the data distribution ``p_0``; in particular ``Φ_1`` pushes
 ``N(0, I)`` to ``p_0``. It is the x0-predictor that makes the reward-aware initial posterior
-of Ψ-Sampler non-trivial for exact (non-distilled) models (ALGORITHMS.md §3).
+of Ψ-Sampler non-trivial for exact (non-distilled) models (docs/algorithms.md §3).
 
 :func:`euler_sample` is the fixed-grid Euler scheme (one model evaluation per step);
 :func:`solve` and :func:`flow_map` use diffrax's adaptive explicit Runge–Kutta solvers and

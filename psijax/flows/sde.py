@@ -45,6 +45,7 @@ __all__ = [
     "transition_logpdf",
     "sample",
     "check_grid",
+    "check_diffusion",
     "denoising_grid",
 ]
 
@@ -167,6 +168,13 @@ def _check_step_times(t, t_next) -> None:
         raise ValueError(f"`t` must lie in (0, 1], got {t!r}.")
     if not (np.all(b >= 0.0) and np.all(b < a)):
         raise ValueError(f"`t_next` must lie in [0, t), got t_next={t_next!r}, t={t!r}.")
+
+
+def check_diffusion(diffusion) -> Diffusion:
+    """``diffusion`` when it is a :class:`Diffusion`, else a ``TypeError`` saying so."""
+    if not isinstance(diffusion, Diffusion):
+        raise TypeError(f"`diffusion` must be a Diffusion, got {type(diffusion).__name__}.")
+    return diffusion
 
 
 def check_grid(grid: ArrayLike) -> None:

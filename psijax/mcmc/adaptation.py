@@ -99,8 +99,10 @@ def step_size_adaptation(
 
     Returns
     -------
-    An ``AdaptationAlgorithm`` whose ``run(rng_key, positions, num_steps=500)`` takes
-    positions with a leading chain axis and returns ``(AdaptationResults, AdaptationInfo)``.
+    An ``AdaptationAlgorithm`` whose ``run(rng_key, positions, num_steps=500, num_active=None)``
+    takes positions with a leading chain axis and returns ``(AdaptationResults,
+    AdaptationInfo)``; with ``num_active = A`` only the first ``A`` chains feed the shared
+    acceptance statistic (the others pad the chains to a device count).
 
     """
     if not 0.0 < float(target_acceptance_rate) < 1.0:
@@ -129,7 +131,12 @@ def step_size_adaptation(
     def chain_step(rng_key, state, step_size):
         return kernel(rng_key, state, logdensity_fn, step_size)
 
-    def run(rng_key: PRNGKey, positions: ArrayLikeTree, num_steps: int = 500):
+    def run(
+        rng_key: PRNGKey,
+        positions: ArrayLikeTree,
+        num_steps: int = 500,
+        num_active: int | None = None,
+    ):
         if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
             raise ValueError(f"`num_steps` must be an integer >= 1, got {num_steps!r}.")
         leading = {
@@ -141,6 +148,11 @@ def step_size_adaptation(
                 f"got leading sizes {sorted(leading, key=str)}."
             )
         (num_chains,) = leading
+        active = num_chains if num_active is None else num_active
+        if not isinstance(active, (int, np.integer)) or not 1 <= active <= num_chains:
+            raise ValueError(
+                f"`num_active` must be an int in [1, {num_chains}], got {num_active!r}."
+            )
         states = jax.vmap(algorithm.init, in_axes=(0, None))(positions, logdensity_fn)
 
         # Dual averaging in log-odds: its "log x" is u = logit(h/4), its x the odds h/(4 − h).
@@ -158,7 +170,8 @@ def step_size_adaptation(
             states, info = jax.vmap(chain_step, in_axes=(0, 0, step_in_axes))(
                 keys, states, step_size
             )
-            acceptance = info.acceptance_rate if per_chain else jnp.mean(info.acceptance_rate)
+            rates = info.acceptance_rate
+            acceptance = rates if per_chain else jnp.mean(rates[:active])
             da_state = da_update(da_state, target_acceptance_rate - acceptance)
             da_state = da_state._replace(log_x=jnp.clip(da_state.log_x, u_low, u_high))
             return (states, da_state), AdaptationInfo(step_size, acceptance)

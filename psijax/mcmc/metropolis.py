@@ -9,10 +9,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from blackjax.types import Array, ArrayLikeTree, PRNGKey
 
-from psijax._checks import concrete_value
+from psijax._checks import check_real
 from psijax._tree import accumulation_dtype, tree_all_finite
 
 __all__ = [
@@ -24,23 +23,17 @@ __all__ = [
 ]
 
 
-def check_step_size(step_size, name: str = "step_size") -> None:
-    """Raise a clear error for a step size that is not a finite number > 0.
+def check_step_size(step_size, name: str = "step_size", maximum: float | None = None) -> None:
+    """Raise a clear error for a step size that is not a finite number in ``(0, maximum)``.
 
-    The check runs whenever the value is concrete (a Python number, a NumPy or a committed JAX
-    array, also when closed over inside ``jit``). A traced step size, e.g. one that is an
-    argument of a jitted function or adapted inside a loop, cannot be checked here; an invalid
-    traced value makes every proposal non-finite, and those are rejected.
+    One rule for every kernel (:func:`psijax._checks.check_real`): a value of the wrong kind is
+    a ``TypeError``, one out of range a ``ValueError``. The check runs whenever the value is
+    concrete (a Python number, a NumPy or a committed JAX array, also when closed over inside
+    ``jit``). A traced step size, e.g. one that is an argument of a jitted function or adapted
+    inside a loop, cannot be checked here; an invalid traced value makes every proposal
+    non-finite, and those are rejected.
     """
-    value = concrete_value(step_size)
-    if value is None:
-        return
-    if value.dtype == object or not (
-        np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)
-    ):
-        raise TypeError(f"`{name}` must be a real number, got {type(step_size).__name__}.")
-    if not (np.all(np.isfinite(value)) and np.all(value > 0)):
-        raise ValueError(f"`{name}` must be finite and > 0, got {step_size!r}.")
+    check_real(step_size, name, gt=0.0, lt=maximum, scalar=False)
 
 
 def crank_nicolson_coefficients(step_size) -> tuple[Array, Array]:

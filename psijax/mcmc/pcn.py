@@ -22,7 +22,11 @@ from psijax.mcmc.metropolis import (
     metropolis_step,
 )
 
-__all__ = ["PCNState", "PCNInfo", "init", "build_kernel", "as_top_level_api"]
+__all__ = ["MAX_STEP_SIZE", "PCNState", "PCNInfo", "init", "build_kernel", "as_top_level_api"]
+
+
+MAX_STEP_SIZE = 4.0
+"""Step sizes lie in ``(0, 4)``: ``ρ = (1 − h/4)/(1 + h/4)`` must stay positive."""
 
 
 class PCNState(NamedTuple):
@@ -80,7 +84,7 @@ def build_kernel() -> Callable:
         rng_key: PRNGKey, state: PCNState, logdensity_fn: Callable, step_size: float
     ) -> tuple[PCNState, PCNInfo]:
         """Generate a new state with the pCN kernel."""
-        check_step_size(step_size)
+        check_step_size(step_size, maximum=MAX_STEP_SIZE)
         rho, beta = crank_nicolson_coefficients(step_size)
         key_proposal, key_accept = jax.random.split(rng_key)
 
@@ -132,5 +136,5 @@ def as_top_level_api(logdensity_fn: Callable, step_size: float) -> SamplingAlgor
     A ``SamplingAlgorithm``.
 
     """
-    check_step_size(step_size)
+    check_step_size(step_size, maximum=MAX_STEP_SIZE)
     return build_sampling_algorithm(build_kernel(), init, logdensity_fn, kernel_args=(step_size,))

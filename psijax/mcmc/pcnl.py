@@ -29,6 +29,7 @@ from psijax._tree import (
 from psijax.mcmc.metropolis import check_step_size, crank_nicolson_coefficients, metropolis_step
 
 __all__ = [
+    "MAX_STEP_SIZE",
     "PCNLState",
     "PCNLInfo",
     "init",
@@ -36,6 +37,10 @@ __all__ = [
     "as_top_level_api",
     "clip_drift",
 ]
+
+
+MAX_STEP_SIZE = 4.0
+"""Step sizes lie in ``(0, 4)``: ``ρ = (1 − h/4)/(1 + h/4)`` must stay positive."""
 
 
 class PCNLState(NamedTuple):
@@ -123,7 +128,7 @@ def build_kernel(drift_fn: Callable | None = None) -> Callable:
         rng_key: PRNGKey, state: PCNLState, logdensity_fn: Callable, step_size: float
     ) -> tuple[PCNLState, PCNLInfo]:
         """Generate a new state with the pCNL kernel."""
-        check_step_size(step_size)
+        check_step_size(step_size, maximum=MAX_STEP_SIZE)
         rho, beta = crank_nicolson_coefficients(step_size)
         h = jnp.asarray(step_size, rho.dtype)
         half_sqrt_h = 0.5 * jnp.sqrt(h)
@@ -195,7 +200,7 @@ def as_top_level_api(
     A ``SamplingAlgorithm``.
 
     """
-    check_step_size(step_size)
+    check_step_size(step_size, maximum=MAX_STEP_SIZE)
     kernel = build_kernel(drift_fn)
     return build_sampling_algorithm(kernel, init, logdensity_fn, kernel_args=(step_size,))
 

@@ -15,7 +15,10 @@ from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 from psijax._tree import tree_normal
 from psijax.mcmc.metropolis import check_step_size, is_valid
 
-__all__ = ["ULAState", "ULAInfo", "init", "build_kernel", "as_top_level_api"]
+__all__ = ["HAS_ACCEPT_STEP", "ULAState", "ULAInfo", "init", "build_kernel", "as_top_level_api"]
+
+HAS_ACCEPT_STEP = False
+"""ULA accepts every finite proposal: its ``acceptance_rate`` is not an acceptance rate."""
 
 
 class ULAState(NamedTuple):

@@ -8,7 +8,7 @@ scaled to ``[-1, 1]`` and packed in FLUX's layout (2×2 patches: 16 tokens of 4 
 pooled inputs on a learned per-class embedding that stands in for the text encoder
 (``NUM_TEXT_TOKENS`` tokens and a pooled vector per class, plus :data:`NULL_CLASS` for
 unconditional use). It is trained as a rectified flow (Liu et al. 2023; FLUX's convention,
-ALGORITHMS.md §1): ``x_t = (1 − t)·x0 + t·ε``,
+docs/algorithms.md §1): ``x_t = (1 − t)·x0 + t·ε``,
 
     min_θ  E_{t ~ U(0, 1), x0, ε, c} ‖ v_θ(x_t, t, c) − (ε − x0) ‖²,
 

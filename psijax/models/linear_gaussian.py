@@ -60,7 +60,7 @@ import dataclasses
 import numpy as np
 from blackjax.types import Array, ArrayLike
 
-from psijax.flows.sde import Diffusion, check_grid
+from psijax.flows.sde import Diffusion, check_diffusion, check_grid
 from psijax.models.gmm import GaussianMixture
 
 __all__ = ["LinearGaussianFlow", "gaussian_tilt"]
@@ -295,8 +295,7 @@ def _checked_grid(grid) -> np.ndarray:
 
 
 def _diffusion_at(diffusion, t) -> tuple[float, float]:
-    if not isinstance(diffusion, Diffusion):
-        raise TypeError(f"`diffusion` must be a Diffusion, got {type(diffusion).__name__}.")
+    check_diffusion(diffusion)
     g = float(np.asarray(diffusion.coefficient(np.float64(t)), np.float64))
     g2_over_t = float(np.asarray(diffusion.squared_over_time(np.float64(t)), np.float64))
     if not (np.isfinite(g) and g >= 0 and np.isfinite(g2_over_t) and g2_over_t >= 0):

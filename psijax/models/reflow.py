@@ -1,8 +1,9 @@
 """A reflowed (straightened) toy velocity field: the toy analog of timestep-distilled FLUX-schnell.
 
 For an exact flow model the one-step prediction ``x̂0(x1, 1) = E[x0]`` is a constant, so the
-reward-aware initial posterior of Ψ-Sampler collapses to the prior (ALGORITHMS.md §3). FLUX-schnell
-works because it is distilled: its one-step prediction is a sharp, ``x1``-dependent image. The toy
+reward-aware initial posterior of Ψ-Sampler collapses to the prior (docs/algorithms.md §3).
+FLUX-schnell works because it is distilled: its one-step prediction is a sharp, ``x1``-dependent
+image. The toy
 analog is *reflow* (Liu et al. 2023, "Flow straight and fast"): draw ``x1 ~ N(0, I)``, push it
 through the exact flow map ``x0 = Φ_1(x1)`` of a data model, and train a velocity field by
 rectified flow on the **coupled** pairs,

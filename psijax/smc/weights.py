@@ -5,7 +5,7 @@ float32. An invalid log-weight — NaN or ``+inf``, e.g. a reward that overflowe
 ``−inf``, i.e. as a particle of weight zero, everywhere in this module (the same convention as
 the MCMC kernels, which reject non-finite proposals).
 
-The bookkeeping of one SMC step (ALGORITHMS.md §5), with ``Δℓ`` the incremental log-weights:
+The bookkeeping of one SMC step (docs/algorithms.md §5), with ``Δℓ`` the incremental log-weights:
 
 .. math::
 
@@ -29,6 +29,7 @@ info), and may stop spending model evaluations on it — nothing it does afterwa
 ``Ẑ`` or give the particles a valid weighting.
 """
 
+import dataclasses
 from typing import Callable, NamedTuple
 
 import jax
@@ -36,6 +37,7 @@ import jax.numpy as jnp
 from blackjax.types import Array, ArrayLike, ArrayLikeTree, ArrayTree, PRNGKey
 from jax import lax
 
+from psijax._checks import check_int, check_real
 from psijax.smc.resampling import get_scheme
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "ess",
     "log_mean_exp",
     "resample_if_needed",
+    "AdaptiveResampling",
     "log_normalizer_increment",
     "check_threshold",
 ]
@@ -177,6 +180,9 @@ def resample_if_needed(
     particles: ArrayLikeTree,
     threshold: float,
     scheme: Callable | str,
+    *,
+    num_resampled: int | None = None,
+    allowed: ArrayLike = True,
 ) -> ResampleResult:
     r"""Adaptive resampling: resample when ``ESS ≤ κ N``, otherwise keep and accumulate.
 
@@ -191,6 +197,15 @@ def resample_if_needed(
     ``−inf`` and the driver should treat the run as collapsed (module docstring). Uses
     ``lax.cond`` (under ``vmap`` both branches run and are selected).
 
+    **Partial resampling** (``num_resampled = M < N``): only a subset ``S`` of ``M`` particles
+    is resampled, the ``⌊M/2⌋`` of lowest and the ``⌈M/2⌉`` of highest weight (ties by index).
+    ``M`` ancestors are drawn from ``S`` with the weights ``W_S / Σ_S W`` and each copy gets the
+    log-weight ``log(Σ_{j∈S} e^{ℓ_j} / M)``; the particles outside ``S`` keep theirs. Given
+    ``S``, the expected weighted measure ``Σ_i e^{ℓ_i} δ_{x_i}`` is unchanged (the scheme is
+    unbiased within ``S``), so ``Ẑ`` stays unbiased, and the total ``Σ e^{ℓ}`` is preserved
+    exactly. Light particles are replaced by copies of heavy ones while the rest of the
+    population keeps its diversity.
+
     Parameters
     ----------
     rng_key
@@ -199,21 +214,29 @@ def resample_if_needed(
         Accumulated log-weights ``ℓ``, shape ``(N,)``.
     particles
         Any pytree whose leaves have leading axis ``N`` (positions together with cached
-        rewards, gradients, velocities: everything that must travel with a particle).
+        rewards, gradients, velocities: everything that must travel with a particle). Leaves
+        keep their dtypes (integer tokens stay integers).
     threshold
         ``κ ∈ [0, 1]``.
     scheme
         A resampling function ``scheme(rng_key, weights, num_samples)`` or its name
         (:func:`psijax.smc.resampling.get_scheme`).
+    num_resampled
+        ``None`` (every particle) or ``M`` in ``[2, N]``: partial resampling.
+    allowed
+        A boolean (may be traced): when false the step does not resample, whatever the ESS
+        (resampling only every ``F`` steps).
 
     Returns
     -------
-    :class:`ResampleResult` ``(particles, log_weights, ancestors, resampled, ess)``.
+    :class:`ResampleResult`
+        ``(particles, log_weights, ancestors, resampled, ess)``.
 
     Raises
     ------
     ValueError
-        If a concrete ``threshold`` is outside ``[0, 1]``, or ``scheme`` is an unknown name.
+        If a concrete ``threshold`` is outside ``[0, 1]``, ``num_resampled`` outside
+        ``[2, N]``, or ``scheme`` is an unknown name.
 
     """
     check_threshold(threshold)
@@ -221,14 +244,22 @@ def resample_if_needed(
         scheme = get_scheme(scheme)
     log_weights = sanitize(log_weights)
     n = log_weights.shape[0]
+    if num_resampled is not None:
+        num_resampled = check_int(num_resampled, "num_resampled", 2, n)
     weights, log_sum = normalize(log_weights)
     ess_value = _ess_from_weights(weights)
-    resampled = (ess_value <= threshold * n) & jnp.isfinite(log_sum)
+    resampled = (ess_value <= threshold * n) & jnp.isfinite(log_sum) & jnp.asarray(allowed)
 
     def do_resample(_):
-        ancestors = scheme(rng_key, weights, n).astype(jnp.int32)
+        if num_resampled is None or num_resampled == n:
+            ancestors = scheme(rng_key, weights, n).astype(jnp.int32)
+            new_log_weights = jnp.zeros_like(log_weights)
+        else:
+            ancestors, new_log_weights = _resample_subset(
+                rng_key, log_weights, scheme, num_resampled
+            )
         new_particles = jax.tree.map(lambda leaf: jnp.take(leaf, ancestors, axis=0), particles)
-        return new_particles, jnp.zeros_like(log_weights), ancestors
+        return new_particles, new_log_weights, ancestors
 
     def keep(_):
         particles_out = jax.tree.map(jnp.asarray, particles)
@@ -238,18 +269,85 @@ def resample_if_needed(
     return ResampleResult(new_particles, new_log_weights, ancestors, resampled, ess_value)
 
 
+@dataclasses.dataclass(frozen=True)
+class AdaptiveResampling:
+    r"""The resampling part of an SMC step: when, what and how to resample.
+
+    Called as ``resampling(rng_key, log_weights, particles, index) -> ResampleResult`` by
+    :func:`psijax.smc.feynman_kac.step`: at step ``index`` it resamples when
+    ``ESS ≤ κN`` and ``index`` is a multiple of ``every`` (:func:`resample_if_needed`).
+
+    Parameters
+    ----------
+    scheme
+        A scheme name of :data:`psijax.smc.resampling.SCHEMES` or a BlackJAX-shaped scheme
+        ``scheme(rng_key, weights, num_samples) -> ancestors``.
+    ess_threshold
+        ``κ ∈ [0, 1]``: ``1`` resamples at every allowed step, ``0`` never.
+    every
+        ``F >= 1``: resample only at steps ``0, F, 2F, …`` (the weights accumulate between).
+    num_resampled
+        ``None``, or ``M >= 2`` for partial resampling (:func:`resample_if_needed`).
+
+    Raises
+    ------
+    ValueError, TypeError
+        Naming the invalid field, when the part is built.
+
+    """
+
+    scheme: Callable | str = "systematic"
+    ess_threshold: float = 0.5
+    every: int = 1
+    num_resampled: int | None = None
+
+    def __post_init__(self):
+        scheme = get_scheme(self.scheme) if isinstance(self.scheme, str) else self.scheme
+        if not callable(scheme):
+            raise TypeError(f"`scheme` must be a scheme name or a callable, got {scheme!r}.")
+        object.__setattr__(self, "scheme", scheme)
+        threshold = check_threshold(self.ess_threshold, "ess_threshold")
+        if threshold is None:
+            raise ValueError("`ess_threshold` must be concrete (not traced).")
+        object.__setattr__(self, "ess_threshold", threshold)
+        check_int(self.every, "every")
+        if self.num_resampled is not None:
+            check_int(self.num_resampled, "num_resampled", 2)
+
+    def __call__(
+        self, rng_key: PRNGKey, log_weights: Array, particles: ArrayTree, index: ArrayLike = 0
+    ) -> ResampleResult:
+        """Resample ``particles`` at step ``index`` if the weights call for it."""
+        allowed = True if self.every == 1 else jnp.asarray(index) % self.every == 0
+        return resample_if_needed(
+            rng_key,
+            log_weights,
+            particles,
+            self.ess_threshold,
+            self.scheme,
+            num_resampled=self.num_resampled,
+            allowed=allowed,
+        )
+
+
 def check_threshold(threshold: float, name: str = "threshold") -> float | None:
-    """``threshold`` as a float, raising ``ValueError`` naming ``name`` unless it is a number in
-    ``[0, 1]``; ``None`` for a traced value (it cannot be checked)."""
-    try:
-        value = float(threshold)
-    except jax.errors.ConcretizationTypeError:
-        return None
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a number in [0, 1], got {threshold!r}.") from None
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"`{name}` must be in [0, 1], got {threshold!r}.")
-    return value
+    """``threshold`` as a float in ``[0, 1]`` (:func:`psijax._checks.check_real`): a
+    ``TypeError`` or ``ValueError`` naming ``name`` otherwise, ``None`` for a traced value (it
+    cannot be checked)."""
+    return check_real(threshold, name, ge=0.0, le=1.0)
+
+
+def _resample_subset(rng_key, log_weights, scheme, m):
+    """Ancestors and log-weights of partial resampling of ``m`` particles (the ``⌊m/2⌋``
+    lightest and ``⌈m/2⌉`` heaviest); see :func:`resample_if_needed`."""
+    n = log_weights.shape[0]
+    order = jnp.argsort(log_weights, stable=True)  # −inf (zero weight) first
+    subset = jnp.concatenate([order[: m // 2], order[n - (m - m // 2) :]])
+    sub_weights, sub_log_sum = normalize(log_weights[subset])
+    picks = scheme(rng_key, sub_weights, m).astype(jnp.int32)
+    ancestors = jnp.arange(n, dtype=jnp.int32).at[subset].set(subset[picks].astype(jnp.int32))
+    share = sub_log_sum - jnp.log(jnp.asarray(m, log_weights.dtype))
+    return ancestors, log_weights.at[subset].set(share)
 
 
 def _ess_from_weights(weights: Array) -> Array:

@@ -388,41 +388,42 @@ def test_best_of_n_invalid_rewards_and_ties():
 # Argument errors (raised before anything runs)
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, match, error",
     [
-        ({"num_particles": 0}, "num_particles"),
-        ({"num_particles": 2.0}, "num_particles"),
-        ({"num_particles": True}, "num_particles"),
-        ({"num_steps": 0}, "num_steps"),
-        ({"num_steps": None}, "num_steps"),
-        ({"guidance_scale": -1.0}, "guidance_scale"),
-        ({"guidance_scale": np.inf}, "guidance_scale"),
-        ({"guidance_scale": "1"}, "guidance_scale"),
-        ({"normalize": 1}, "normalize"),
-        ({"num_repeats": -1}, "num_repeats"),
-        ({"num_repeats": 1.5}, "num_repeats"),
-        ({"window": (0.7, 0.3)}, "window"),
-        ({"window": (-0.1, 0.5)}, "window"),
-        ({"window": (0.5, 1.5)}, "window"),
-        ({"window": 0.5}, "window"),
-        ({"diffusion": "ode"}, "diffusion"),
-        ({"grid": np.array([1.0, 0.5]), "num_steps": None}, "grid"),
-        ({"grid": np.array([0.9, 0.5, 0.0]), "num_steps": None}, "grid"),
-        ({"grid": np.array([1.0, 0.5, 0.6, 0.0]), "num_steps": None}, "grid"),
-        ({"grid": np.array([1.0, 0.5, 0.0]), "num_steps": 5}, "num_steps"),
-        ({"problem": "not a problem"}, "problem"),
+        ({"num_particles": 0}, "num_particles", ValueError),
+        ({"num_particles": 2.0}, "num_particles", TypeError),
+        ({"num_particles": True}, "num_particles", TypeError),
+        ({"num_steps": 0}, "num_steps", ValueError),
+        ({"num_steps": None}, "num_steps", ValueError),
+        ({"guidance_scale": -1.0}, "guidance_scale", ValueError),
+        ({"guidance_scale": np.inf}, "guidance_scale", ValueError),
+        ({"guidance_scale": "1"}, "guidance_scale", TypeError),
+        ({"normalize": 1}, "normalize", TypeError),
+        ({"num_repeats": -1}, "num_repeats", ValueError),
+        ({"num_repeats": 1.5}, "num_repeats", TypeError),
+        ({"window": (0.7, 0.3)}, "window", ValueError),
+        ({"window": (-0.1, 0.5)}, "window", ValueError),
+        ({"window": (0.5, 1.5)}, "window", ValueError),
+        ({"window": 0.5}, "window", ValueError),
+        ({"diffusion": "ode"}, "diffusion", TypeError),
+        ({"grid": np.array([1.0, 0.5]), "num_steps": None}, "grid", ValueError),
+        ({"grid": np.array([0.9, 0.5, 0.0]), "num_steps": None}, "grid", ValueError),
+        ({"grid": np.array([1.0, 0.5, 0.6, 0.0]), "num_steps": None}, "grid", ValueError),
+        ({"grid": np.array([1.0, 0.5, 0.0]), "num_steps": 5}, "num_steps", ValueError),
+        ({"problem": "not a problem"}, "problem", TypeError),
     ],
 )
-def test_argument_errors(kwargs, match):
+def test_argument_errors(kwargs, match, error):
+    """A wrong kind of value is a ``TypeError``, a value out of range a ``ValueError``."""
     kwargs = {"problem": PROBLEM, "num_particles": 4, **kwargs}
     problem = kwargs.pop("problem")
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         freedom(KEY, problem, **kwargs)
     if not {"num_repeats", "window"} & set(kwargs):
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(error, match=match):
             dps(KEY, problem, **kwargs)
         if not {"guidance_scale", "normalize"} & set(kwargs):
-            with pytest.raises(ValueError, match=match):
+            with pytest.raises(error, match=match):
                 best_of_n(KEY, problem, **kwargs)
 
 
@@ -430,3 +431,18 @@ def test_grid_with_matching_num_steps_is_accepted():
     runs = small_runs()
     np.testing.assert_array_equal(runs["bon_grid"].samples, runs["bon"].samples)
     assert runs["bon_grid"].nfe == runs["bon"].nfe
+
+
+def test_nfe_budget_sizes_the_particles():
+    """``nfe_budget = B``: ``N = ⌊B/T⌋`` for DPS and best-of-N, ``⌊B/(T + K·W)⌋`` for FreeDoM
+    (grid 1, .8, …, .2: ``t = .6, .4`` in the window), and the run spends at most ``B``."""
+    for sampler, per_particle in ((dps, 5), (best_of_n, 5), (freedom, 5 + 3 * 2)):
+        res = sampler(KEY, PROBLEM, nfe_budget=57, num_steps=5)
+        assert res.samples.shape[0] == 57 // per_particle
+        assert int(res.nfe) == (57 // per_particle) * per_particle <= 57
+    with pytest.raises(ValueError, match="not both"):
+        dps(KEY, PROBLEM, nfe_budget=57, num_particles=3)
+    with pytest.raises(ValueError, match="too small"):
+        freedom(KEY, PROBLEM, nfe_budget=10, num_steps=5)
+    with pytest.raises(ValueError, match="Tweedie"):
+        dps(KEY, COSTLY_PROBLEM, nfe_budget=57, num_steps=5)

@@ -5,14 +5,19 @@ Gates: ``Ẑ`` against the closed-form ``Z_disc`` of the linear-Gaussian model i
 tilted mixture, with the iid MMD² at the same size as the yardstick.
 """
 
+import dataclasses
 import functools
+import inspect
 
+import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import psijax
 from psijax import align, flows, metrics
+from psijax.align import Bootstrap, Chains, Max, Tempered, TopK
 from psijax.models.linear_gaussian import LinearGaussianFlow
 from psijax.models.presets import quadratic_reward, toy_problem
 
@@ -55,15 +60,12 @@ def test_weighted_particles_approach_the_exact_tilted_mixture(name):
     above."""
     problem, exact, reference = toy()
     sampler = align.SAMPLERS[name]
+    extra = {"on_too_few_states": "more_chains"} if name == "psi_sampler" else {}
     keys = jax.random.split(jax.random.key(0), 8)
     mmds = {}
     for n in (64, 1024):
         run = jax.jit(
-            jax.vmap(
-                lambda k, n=n: sampler(
-                    k, exact, num_particles=n, num_steps=25, on_too_few_states="more_chains"
-                )
-            )
+            jax.vmap(lambda k, n=n: sampler(k, exact, num_particles=n, num_steps=25, **extra))
         )
         res = run(keys)
         assert np.all(np.isfinite(res.samples))
@@ -124,11 +126,8 @@ def test_tempered_start_gives_an_unbiased_normalizer(init_scale, init_alpha):
             grid=GRID,
             num_steps=None,
             diffusion=DIFFUSION,
-            init="tempered",
-            proposal="bootstrap",
-            init_predictor=_sharpened(init_scale),
-            alpha=init_alpha,
-            num_mcmc_steps=2,
+            init=Tempered(num_mcmc_steps=2, alpha=init_alpha, predictor=_sharpened(init_scale)),
+            proposal=Bootstrap(),
         )
         return res.log_normalizer, res.info.log_normalizer_init, res.info.init.num_tempering_steps
 
@@ -151,8 +150,8 @@ def test_tempered_start_gives_an_unbiased_normalizer(init_scale, init_alpha):
     "name, num_particles, nfe_init",
     [
         ("psi_sampler", 20, 500),  # 5 chains × (50 burn-in + 49 kept + 1 initial state)
-        ("mala", 20, 500),
-        ("top_k", 20, 500),  # 500 candidates
+        ("mala_smc", 20, 500),
+        ("top_k_smc", 20, 500),  # 500 candidates
         ("tds", 40, 0),
         ("fk_steering", 40, 0),
     ],
@@ -178,9 +177,11 @@ def test_nfe_budget_conflicts_raise():
     with pytest.raises(ValueError, match="`budget_split`"):
         align.psi_sampler(key, exact, nfe_budget=1000, budget_split=1.0)
     with pytest.raises(ValueError, match="init='tempered'"):
-        align.smc(key, exact, nfe_budget=1000, init="tempered")
+        align.smc(key, exact, nfe_budget=1000, init=Tempered())
     with pytest.raises(ValueError, match="Tweedie"):
-        align.psi_sampler(key, exact, nfe_budget=1000, init_predictor="flow_map")
+        align.psi_sampler(key, exact, nfe_budget=1000, predictor=align.FlowMap())
+    with pytest.raises(ValueError, match="Tweedie"):
+        align.tds(key, dataclasses.replace(exact, x0_predictor=align.FlowMap()), nfe_budget=500)
     with pytest.raises(ValueError, match="`nfe_budget`"):
         align.psi_sampler(key, exact, nfe_budget=20)
 
@@ -208,11 +209,14 @@ def test_named_samplers_are_configurations_of_smc():
     kwargs = {"num_particles": 16, "num_steps": 8}
     pairs = [
         (align.das, {"tempering": "das"}),
-        (align.fk_steering, {"proposal": "bootstrap", "potential": "max", "ess_threshold": 1.0}),
-        (align.psi_sampler, {"init": "pcnl", "burn_in": 5, "num_kept": 5}),
+        (align.fk_steering, {"proposal": Bootstrap(), "potential": Max(), "ess_threshold": 1.0}),
+        (align.psi_sampler, {"init": Chains(kernel=psijax.pcnl, burn_in=5, num_kept=5)}),
+        (align.mala_smc, {"init": Chains(kernel=blackjax.mala, step_size=0.25, burn_in=3)}),
     ]
     for sampler, settings in pairs:
-        extra = {k: v for k, v in settings.items() if k in ("burn_in", "num_kept")}
+        init = settings.get("init")
+        extra = {} if init is None else {"burn_in": init.burn_in, "num_kept": init.num_kept}
+        extra = {k: v for k, v in extra.items() if v is not None}
         a = jax.jit(lambda k, s=sampler, e=extra: s(k, exact, **kwargs, **e))(key)
         b = jax.jit(lambda k, s=settings: align.smc(k, exact, **kwargs, **s))(key)
         np.testing.assert_array_equal(a.samples, b.samples)
@@ -231,8 +235,10 @@ def test_every_sampler_runs_under_jit_and_vmap(name):
     _, exact, _ = toy()
     sampler = align.SAMPLERS[name]
     kwargs = {"num_particles": 8, "num_steps": 6}
-    if name in ("psi_sampler", "ula", "mala", "pcn"):
+    if isinstance(align.initial_stage(sampler), Chains):
         kwargs.update(burn_in=4, num_kept=4)
+    elif isinstance(align.initial_stage(sampler), Tempered):
+        kwargs.update(num_mcmc_steps=1)
     res = jax.jit(jax.vmap(lambda k: sampler(k, exact, **kwargs)))(
         jax.random.split(jax.random.key(0), 2)
     )
@@ -242,7 +248,7 @@ def test_every_sampler_runs_under_jit_and_vmap(name):
     np.testing.assert_allclose(
         res.rewards, jax.vmap(jax.vmap(exact.reward_fn))(res.samples), rtol=1e-5, atol=1e-5
     )
-    estimates_z = name in ("smc", "tds", "das", "fk_steering")
+    estimates_z = name in ("smc", "tds", "das", "fk_steering", "tempered_smc")
     assert np.all(np.isfinite(res.log_normalizer)) == estimates_z
     assert np.all(np.isnan(res.log_normalizer)) != estimates_z
     assert np.all(np.asarray(res.nfe) > 0)
@@ -278,6 +284,8 @@ def test_best_sample():
         ({"num_particles": 0}, "num_particles"),
         ({"num_steps": 0}, "num_steps"),
         ({"init": "langevin"}, "init"),
+        ({"init": TopK(num_candidates=10), "num_particles": 20}, "num_candidates"),
+        ({"resample_every": 0}, "resample_every"),
         ({"tempering": "geometric"}, "tempering"),
         ({"ess_threshold": 2.0}, "ess_threshold"),
         ({"proposal": "guided"}, "proposal"),
@@ -292,3 +300,107 @@ def test_invalid_configuration_raises(kwargs, name):
     _, exact, _ = toy()
     with pytest.raises(ValueError, match=f"`{name}`"):
         align.smc(jax.random.key(0), exact, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Named samplers as data: signatures, docstrings, the registry, the deprecated names
+# ----------------------------------------------------------------------------------------------
+def test_named_samplers_have_real_signatures_and_docstrings():
+    """``inspect.signature`` lists smc's arguments with the configuration's defaults and the
+    initial stage's fields; each sampler has its own docstring."""
+    sig = inspect.signature(align.psi_sampler)
+    params = sig.parameters
+    for name in ("num_particles", "nfe_budget", "mesh", "step_size", "num_chains", "burn_in"):
+        assert name in params, name
+    assert "init" not in params and "deprecated_options" not in params
+    assert params["step_size"].default == 0.5 and params["num_chains"].default == 5
+    assert params["kernel"].default is psijax.pcnl
+    assert inspect.signature(align.tds).parameters["ess_threshold"].default == 1.0
+    assert inspect.signature(align.mala_smc).parameters["step_size"].default == 0.25
+    assert "num_candidates" in inspect.signature(align.top_k_smc).parameters
+    docs = {name: inspect.getdoc(s) for name, s in align.SAMPLERS.items()}
+    assert len(set(docs.values())) == len(docs)  # one docstring each
+    assert "Yoon" in docs["psi_sampler"] and "Parameters" in docs["psi_sampler"]
+    assert align.psi_sampler.__name__ == "psi_sampler"
+
+
+def test_stage_fields_are_keywords_of_the_named_sampler():
+    """``psi_sampler(step_size=h, num_chains=C)`` is ``smc(init=Chains(step_size=h, ...))``;
+    ``init=`` is refused by a sampler whose name fixes its stage."""
+    _, exact, _ = toy()
+    key = jax.random.key(4)
+    kwargs = {"num_particles": 8, "num_steps": 5}
+    a = jax.jit(lambda k: align.psi_sampler(k, exact, step_size=0.3, num_chains=2, **kwargs))(key)
+    stage = Chains(step_size=0.3, num_chains=2)
+    b = jax.jit(lambda k: align.smc(k, exact, init=stage, **kwargs))(key)
+    np.testing.assert_array_equal(a.samples, b.samples)
+    with pytest.raises(TypeError, match="fixes its initial stage"):
+        align.psi_sampler(key, exact, init=TopK(), **kwargs)
+    with pytest.raises(TypeError, match="unexpected"):
+        align.smc(key, exact, num_candidates=3, **kwargs)
+
+
+def test_registry_lists_every_sampler_once():
+    assert list(align.SAMPLERS) == [
+        "psi_sampler",
+        "smc",
+        "tds",
+        "das",
+        "fk_steering",
+        "top_k_smc",
+        "ula_smc",
+        "mala_smc",
+        "pcn_smc",
+        "tempered_smc",
+        "dps",
+        "freedom",
+        "best_of_n",
+    ]
+    for name, sampler in align.SAMPLERS.items():
+        assert getattr(align, name) is sampler
+    with pytest.raises(ValueError, match="registered already"):
+        align.register(align.NamedSampler("tds", "again", {}))
+    with pytest.raises(TypeError, match="config"):
+        align.NamedSampler("mine", "doc", {"num_chain": 3})
+
+
+def test_deprecated_names_warn_and_keep_their_results():
+    """The 0.1 spellings keep working for one release: ``align.mala`` (``step_size=h`` ran at
+    ``ε = h/2``), ``smc(init="pcnl", burn_in=...)``, ``init_predictor=``, ``adapt_step_size``,
+    ``initial_particles(method=...)``; each warns and equals the new spelling bit for bit."""
+    _, exact, _ = toy()
+    key = jax.random.key(6)
+    kwargs = {"num_particles": 8, "num_steps": 4, "burn_in": 3, "num_kept": 4}
+    pairs = [
+        (
+            lambda k: align.mala(k, exact, step_size=0.5, **kwargs),
+            lambda k: align.mala_smc(k, exact, step_size=0.25, **kwargs),
+        ),
+        (lambda k: align.ula(k, exact, **kwargs), lambda k: align.ula_smc(k, exact, **kwargs)),
+        (
+            lambda k: align.smc(k, exact, init="pcn", **kwargs),
+            lambda k: align.pcn_smc(k, exact, **kwargs),
+        ),
+        (
+            lambda k: align.psi_sampler(k, exact, adapt_step_size=True, **kwargs),
+            lambda k: align.psi_sampler(k, exact, adapt=True, **kwargs),
+        ),
+        (
+            lambda k: align.top_k(k, exact, num_particles=8, num_steps=4),
+            lambda k: align.top_k_smc(k, exact, num_particles=8, num_steps=4),
+        ),
+        (
+            lambda k: align.psi_sampler(k, exact, init_predictor=_sharpened(0.5), **kwargs),
+            lambda k: align.psi_sampler(k, exact, predictor=_sharpened(0.5), **kwargs),
+        ),
+        (
+            lambda k: align.initial_particles(k, exact, 8, method="mala", step_size=0.5),
+            lambda k: Chains(kernel=blackjax.mala, step_size=0.25).sample(k, exact, 8),
+        ),
+    ]
+    for old, new in pairs:
+        with pytest.warns(DeprecationWarning, match="deprecated"):
+            a = jax.jit(old)(key)
+        b = jax.jit(new)(key)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            np.testing.assert_array_equal(x, y)

@@ -2,6 +2,7 @@
 equal-NFE sizes of the flow-map initial stage, weighted evaluation, references, the hacking
 check and the ``psijax digits`` command."""
 
+import dataclasses
 import json
 import math
 
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from psijax import cli
+from psijax import align, cli
 from psijax.experiments import digits as dx
 from psijax.experiments import digits_report
 from psijax.experiments.methods import parse_method
@@ -90,7 +91,10 @@ def test_flow_map_initial_stage_spends_the_budget(models):
     spends exactly the budget, and the rows are the evaluation of the returned particles."""
     method = parse_method("psi_sampler[flow_map]")
     options = dx.method_options(method, 1000, 25, 0.1, 4)
-    assert (options["num_kept"], options["burn_in"], options["num_particles"]) == (12, 12, 20)
+    assert options["nfe_budget"] == 1000 and options["predictor"].nfe_per_call == 4
+    stage = dataclasses.replace(align.psi_sampler.init, predictor=options["predictor"])
+    num_particles, sized = align.budget_layout(stage, 1000, 25)
+    assert (sized.num_kept, sized.burn_in, num_particles) == (12, 12, 20)
     # B = 240, T = 12: 5 chains × (3 + 2 + 1) states × 4 evaluations = 120, then 10 particles
     # × 12 steps
     task = dx.make_task("class", 4)
@@ -105,7 +109,7 @@ def test_flow_map_initial_stage_spends_the_budget(models):
         np.testing.assert_allclose(row[name], again[name], rtol=1e-4, atol=1e-6, err_msg=name)
     with pytest.raises(ValueError, match="too small"):
         dx.method_options(method, 100, 4, 0.1, 4)
-    with pytest.raises(ValueError, match="fewer states than the 25 particles"):
+    with pytest.raises(ValueError, match=r"num_particles=25 > num_chains\*num_kept=10"):
         dx.method_options(method, 200, 4, 0.1, 4)
 
 

@@ -16,34 +16,31 @@ from psijax.models import presets, reflow
     [
         ("smc", {"nfe_budget": 1000}),
         ("psi_sampler", {"nfe_budget": 1000}),
-        ("dps", {"num_particles": 40}),
-        ("best_of_n", {"num_particles": 40}),
-        # 10 grid times 0.68, 0.64, …, 0.32 lie in [0.3, 0.7]: 1000 // (25 + 3·10) = 18
-        ("freedom", {"num_particles": 18}),
-        ("tempered", {"num_particles": 20, "init": "tempered"}),
+        ("dps", {"nfe_budget": 1000}),
+        ("best_of_n", {"nfe_budget": 1000}),
+        ("freedom", {"nfe_budget": 1000}),
+        ("tempered_smc", {"num_particles": 20}),
         (
             "psi_sampler[flow_map]",
-            {
-                "num_particles": 20,
-                "init_predictor": "flow_map",
-                "num_chains": 5,
-                "num_kept": 49,
-                "burn_in": 50,
-            },
+            {"num_particles": 20, "predictor": toy.FLOW_MAP, "num_kept": 49, "burn_in": 50},
         ),
         (
-            "top_k[flow_map]",
-            {"num_particles": 20, "init_predictor": "flow_map", "num_candidates": 500},
+            "top_k_smc[flow_map]",
+            {"num_particles": 20, "predictor": toy.FLOW_MAP, "num_candidates": 500},
         ),
+        ("tempered_smc[flow_map]", {"num_particles": 20, "predictor": toy.FLOW_MAP}),
     ],
 )
 def test_equal_nfe_sizes_of_the_paper_layout(name, expected):
-    assert toy.sampler_options(toy.parse_method(name), 1000, 25) == expected
+    """Every sampler takes the budget itself; the stages whose cost is not known in advance
+    (tempered SMC, the adaptive flow map) get the Tweedie layout of ``nfe_budget``."""
+    options = toy.sampler_options(toy.parse_method(name), 1000, 25, flow_map=toy.FLOW_MAP)
+    assert options == expected
 
 
-def test_explicit_layout_spends_the_budget_like_nfe_budget():
-    """The explicit sizes given to flow-map initial stages are those of ``nfe_budget``: with
-    the Tweedie predictor they spend exactly the budget; FreeDoM's N·(T + K·W) fits in it."""
+def test_budgets_are_spent_exactly():
+    """``nfe_budget`` spends exactly the budget with the Tweedie predictor (the layout given to
+    the flow-map variants is the same); FreeDoM's ``N·(T + K·W)`` fits in it."""
     setting = toy.build_setting(
         "six_modes_mixture", "exact", jax.random.key(0), reference_size=50, occupancy_size=1000
     )
@@ -57,26 +54,33 @@ def test_explicit_layout_spends_the_budget_like_nfe_budget():
         )
         return int(run(jax.random.key(1)))
 
-    method = toy.Method("psi_sampler", "psi_sampler", None, "tweedie")
-    options = toy.sampler_options(method, budget, steps)
+    method = toy.parse_method("psi_sampler[flow_map]")
+    options = toy.sampler_options(method, budget, steps, flow_map=toy.FLOW_MAP)
+    del options["predictor"]  # the Tweedie version of the flow-map variant's layout
     assert nfe("psi_sampler", options) == budget  # 5 chains × 23, then 23 particles × 5 steps
-    options = toy.sampler_options(toy.parse_method("freedom"), budget, steps)
-    spent = nfe("freedom", options)
+    assert nfe("psi_sampler", {"nfe_budget": budget}) == budget
+    spent = nfe("freedom", {"nfe_budget": budget})
     per_particle = steps + 3 * 2  # grid 1, .8, .6, .4, .2: t = .6 and .4 in the window
-    assert spent == options["num_particles"] * per_particle
+    assert spent == (budget // per_particle) * per_particle
     assert 0 <= budget - spent < per_particle
 
 
 def test_parse_method_rejects_unknown_names_and_misplaced_suffixes():
-    assert toy.parse_method("tempered[flow_map]") == toy.Method(
-        "tempered[flow_map]", "smc", "tempered", "flow_map"
+    assert toy.parse_method("tempered_smc[flow_map]") == toy.Method(
+        "tempered_smc[flow_map]", "tempered_smc", True
     )
-    with pytest.raises(ValueError, match="initial-stage"):
+    with pytest.warns(DeprecationWarning, match="tempered_smc"):
+        assert toy.parse_method("tempered") == toy.Method("tempered_smc", "tempered_smc")
+    with pytest.raises(ValueError, match="initial stage"):
         toy.parse_method("dps[flow_map]")
+    with pytest.raises(ValueError, match="initial stage"):
+        toy.parse_method("smc[flow_map]")
     with pytest.raises(ValueError, match="method must be one of"):
         toy.parse_method("hmc")
     with pytest.raises(ValueError, match="too small"):
         toy.sampler_options(toy.parse_method("smc"), 10, 25)
+    with pytest.raises(ValueError, match="flow-map predictor"):
+        toy.sampler_options(toy.parse_method("psi_sampler[flow_map]"), 1000, 25)
 
 
 def test_mean_and_se_and_aggregate_on_known_numbers():

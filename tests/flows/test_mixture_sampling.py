@@ -63,7 +63,7 @@ def test_euler_ode_converges_and_the_gate_has_power(null, noise, num_steps, pass
     "diffusion", [sde.linear_diffusion(1.0), sde.reference_diffusion()], ids=["eta_t", "ref"]
 )
 def test_stochastic_sampler_has_the_flow_marginal(null, noise, diffusion):
-    """The SDE of ALGORITHMS.md §2 with g ≠ 0 (100 steps) reproduces the same data marginal,
+    """The SDE of docs/algorithms.md §2 with g ≠ 0 (100 steps) reproduces the same data marginal,
     although its paths differ from the ODE's (checked: the endpoints are not the ODE's)."""
     grid = interpolant.uniform_grid(100)
     keys = jax.random.split(jax.random.key(3), N)

@@ -27,7 +27,7 @@ Z_GATE = 4.5
 # Statistics
 # ----------------------------------------------------------------------------------------------
 def cn_coefficients(h):
-    """``ρ, β`` of ALGORITHMS.md §4 in float64."""
+    """``ρ, β`` of docs/algorithms.md §4 in float64."""
     rho = (1.0 - h / 4.0) / (1.0 + h / 4.0)
     return rho, math.sqrt(1.0 - rho**2)
 

@@ -2,14 +2,14 @@
 
 ``psijax.pcnl.build_kernel()`` / ``psijax.pcnl.init`` (and the pCN ones) are meant to drop
 into ``blackjax.adaptive_tempered_smc`` as its mutation step, and ``psijax.pcnl(...)`` into
-``blackjax.util.run_inference_algorithm``, unchanged (ALGORITHMS.md §4). These tests run that
+``blackjax.util.run_inference_algorithm``, unchanged (docs/algorithms.md §4). These tests run that
 composition on a conjugate Gaussian target (``tests/mcmc/helpers.py``) whose posterior moments
 and evidence ``Z`` are exact, and check the answers statistically:
 
 * posterior moments with z-gates whose standard errors come from independent replicates
   (independent SMC runs, or independent chains), never from the correlated particles of one
   run;
-* ``log Z`` in ratio space (ALGORITHMS.md §7): ``Ẑ`` is unbiased for ``Z``, ``log Ẑ`` is not,
+* ``log Z`` in ratio space (docs/algorithms.md §7): ``Ẑ`` is unbiased for ``Z``, ``log Ẑ`` is not,
   so the gate is on the mean over runs of ``Ẑ/Z``, with a sample-sd standard error, after
   checking that ``sd(log Ẑ)`` is small enough for that standard error to be trustworthy.
 
@@ -38,7 +38,7 @@ TARGET = make_conjugate(DIM, NUM_DIRECTIONS, NOISE_SD, seed=1)
 # replicate-based standard errors (Student-t with ≥ 15 dof), 4.5 SE keeps the family-wise
 # false-alarm rate below ~1e-2 while a real bias of a few SE still fails.
 Z_GATE = 4.5
-# Gate, in standard errors, for the ratio-space evidence test (ALGORITHMS.md §7: "a few").
+# Gate, in standard errors, for the ratio-space evidence test (docs/algorithms.md §7: "a few").
 RATIO_GATE = 4.0
 
 
@@ -186,7 +186,7 @@ def test_pcnl_smc_posterior_projection_moments(pcnl_smc):
 def test_pcnl_smc_evidence_is_unbiased_in_ratio_space(pcnl_smc):
     """``Ẑ`` from the summed ``log_likelihood_increment`` is unbiased for the exact ``Z``.
 
-    ALGORITHMS.md §7: gate in ratio space. ``mean_r Ẑ_r/Z`` must be 1 within
+    docs/algorithms.md §7: gate in ratio space. ``mean_r Ẑ_r/Z`` must be 1 within
     ``RATIO_GATE`` standard errors (sample sd of the ratios / √R). The sample-sd error is
     only reliable when the ratios are not heavy-tailed, hence the precondition
     ``sd(log Ẑ) < 0.7``. A shifted truth ``log Z + 0.5`` must fail the same gate, showing the

@@ -96,7 +96,8 @@ def test_score_is_gradient_of_marginal_log_prob(gm, points, t):
 @pytest.mark.parametrize("t", [0.0, 1e-6, 0.2, 0.5, 0.9])
 def test_tweedie_score_identity(gm, points, t):
     """``E[x1 | x_t] = −t·s`` and ``x = (1 − t)x̂0 + t·E[x1 | x_t]`` give
-    ``x̂0 = (x + t² s)/(1 − t)``; for ``t > 0`` also ``s = −(x + (1 − t)v)/t`` (ALGORITHMS §1)."""
+    ``x̂0 = (x + t² s)/(1 − t)``; for ``t > 0`` also ``s = −(x + (1 − t)v)/t``
+    (docs/algorithms.md §1)."""
     xs = (1 - t) * points + t * np.random.default_rng(5).standard_normal(points.shape)
     x0 = batched(GaussianMixture.tweedie, gm, xs, t)
     s = batched(GaussianMixture.score, gm, xs, t)
@@ -202,8 +203,8 @@ def test_tilt_quadratic_is_exact(gm, points, kind):
 
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
 def test_tilt_quadratic_matches_dense_float64_formulas(gm, scale):
-    """The Cholesky/eigen formulation equals the textbook inverses (ALGORITHMS §7) in float64,
-    from a nearly flat to a very sharp reward (``Σ'`` then ≈ ``A⁻¹``, no cancellation)."""
+    """The Cholesky/eigen formulation equals the textbook inverses (docs/algorithms.md §7) in
+    float64, from a nearly flat to a very sharp reward (``Σ'`` then ≈ ``A⁻¹``, no cancellation)."""
     center, precision = np.array([1.0, -0.5, 2.0]), scale * np.diag([1.0, 2.0, 3.0])
     tilted, log_z = tilt_quadratic(gm, center, precision, 1.0)
     log_w, means, covs = [], [], []

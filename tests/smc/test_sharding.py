@@ -38,15 +38,18 @@ SCRIPT = textwrap.dedent(
         # pCNL chains under shard_map, then resampling across devices at every step (κ = 1)
         "psi_sampler": dict(num_particles=16, num_chains=8, burn_in=3, num_kept=4,
                             ess_threshold=1.0),
-        "top_k": dict(num_particles=8, num_candidates=24),
+        # the default 5 chains on 8 devices: padded with 3 discarded chains (also adapting h)
+        "psi_5_chains": dict(num_particles=16, burn_in=3, num_kept=4),
+        "psi_5_adapted": dict(num_particles=16, burn_in=3, num_kept=4, adapt=True),
+        "top_k_smc": dict(num_particles=8, num_candidates=24),
         # BlackJAX's tempered loop, partitioned by jit from the sharded particles
-        "smc": dict(num_particles=16, init="tempered", num_mcmc_steps=2),
+        "tempered_smc": dict(num_particles=16, num_mcmc_steps=2),
         "freedom": dict(num_particles=8, num_repeats=1),
         "best_of_n": dict(num_particles=8),
     }
     for name, options in runs.items():
         start = time.perf_counter()
-        sampler = align.SAMPLERS[name]
+        sampler = align.SAMPLERS["psi_sampler" if name.startswith("psi") else name]
         one, many = (
             jax.jit(lambda key, m=m: sampler(key, problem, num_steps=4, mesh=m, **options))(
                 jax.random.key(7)
@@ -59,6 +62,9 @@ SCRIPT = textwrap.dedent(
                             np.asarray(many.log_weights).tolist()],
             "log_normalizer": [float(one.log_normalizer), float(many.log_normalizer)],
             "nfe": [int(one.nfe), int(many.nfe)],
+            "init": [None if r.info.init is None else
+                     [np.asarray(r.info.init.acceptance_rate).tolist(),
+                      float(r.info.init.step_size)] for r in (one, many)],
             "sharded": not many.samples.sharding.is_fully_replicated,
             "devices": len(many.samples.sharding.device_set),
         }
@@ -76,10 +82,8 @@ SCRIPT = textwrap.dedent(
     for label, call in {
         "smc": lambda: align.psi_sampler(jax.random.key(0), problem, num_particles=20,
                                          num_chains=8, mesh=mesh),
-        "chains": lambda: align.psi_sampler(jax.random.key(0), problem, num_particles=16,
-                                            mesh=mesh),
-        "candidates": lambda: align.top_k(jax.random.key(0), problem, num_particles=8,
-                                          num_candidates=20, mesh=mesh),
+        "candidates": lambda: align.top_k_smc(jax.random.key(0), problem, num_particles=8,
+                                              num_candidates=20, mesh=mesh),
         "guided": lambda: align.dps(jax.random.key(0), problem, num_particles=12, mesh=mesh),
         "budget": lambda: align.tds(jax.random.key(0), problem, nfe_budget=100, num_steps=5,
                                     mesh=mesh),
@@ -106,11 +110,23 @@ def eight_devices() -> dict:
     return json.loads(proc.stdout)
 
 
-@pytest.mark.parametrize("name", ["psi_sampler", "top_k", "smc", "freedom", "best_of_n"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "psi_sampler",
+        "psi_5_chains",
+        "psi_5_adapted",
+        "top_k_smc",
+        "tempered_smc",
+        "freedom",
+        "best_of_n",
+    ],
+)
 def test_eight_devices_give_the_single_device_result(eight_devices, name):
     """Samples, log-weights and ``log Ẑ`` agree to float32 rounding (1e-5: XLA may fuse or
     order the partitioned arithmetic differently, measured ≤ 3e-7); the result is spread over
-    all 8 devices."""
+    all 8 devices. The default 5 chains run on 8 devices padded with discarded chains (whose
+    states, acceptance and NFE are not reported), so the NFE is the 1-device one too."""
     assert eight_devices["devices"] == 8
     run = eight_devices[name]
     one, many = (np.asarray(s) for s in run["samples"])
@@ -120,6 +136,11 @@ def test_eight_devices_give_the_single_device_result(eight_devices, name):
     np.testing.assert_allclose(w1[np.isfinite(w1)], w8[np.isfinite(w8)], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(*run["log_normalizer"], rtol=1e-5, atol=1e-5, equal_nan=True)
     assert run["nfe"][0] == run["nfe"][1]
+    if run["init"][0] is not None:  # acceptance of each (real) chain and the (adapted) step
+        (acc1, h1), (acc8, h8) = run["init"]
+        assert len(acc1) == len(acc8)
+        np.testing.assert_allclose(acc1, acc8, rtol=1e-5, atol=1e-6, equal_nan=True)
+        np.testing.assert_allclose(h1, h8, rtol=1e-5, equal_nan=True)
     assert run["sharded"] and run["devices"] == 8
     assert not np.all(one == one[:1])  # the particles differ: equality is not trivial
 
@@ -141,7 +162,6 @@ def test_each_device_evaluates_its_own_contiguous_block(eight_devices):
     "label, fragment",
     [
         ("smc", "`num_particles`=20 must be a multiple of the mesh's 8 devices"),
-        ("chains", "`num_chains`=5 must be a multiple of the mesh's 8 devices"),
         ("candidates", "`num_candidates`=20 must be a multiple of the mesh's 8 devices"),
         ("guided", "`num_particles`=12 must be a multiple of the mesh's 8 devices"),
         ("budget", "`num_particles`=20 (from nfe_budget=100) must be a multiple"),

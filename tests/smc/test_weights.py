@@ -13,7 +13,7 @@ Properties tested:
 * ``log_normalizer_increment`` against a direct computation, including zero weights;
 * end to end: tempered SMC with adaptive resampling (every scheme, about half the steps
   resampling) and exact MCMC moves estimates ``Z`` without bias — ``mean(Ẑ/Z) = 1`` over 1000
-  independent runs — and the same gate rejects the bookkeeping quirk of ALGORITHMS.md §9.1
+  independent runs — and the same gate rejects the bookkeeping quirk of docs/algorithms.md §9.1
   (accumulated weights dropped when not resampling) and a resampler drawing ``∝ W²``.
 
 Statistical gate ``|z| < Z_GATE = 4.5``: 5 z-scores in this module, so by Bonferroni the
@@ -204,7 +204,7 @@ def _smc_log_z(rng_key, scheme_index, threshold, quirk):
     increment, resample if ``ESS ≤ κN``, then move with an exact ``π_{β_k}``-invariant AR(1)
     kernel (``π_β = N(β/(1 + β), 1/(1 + β))``). ``scheme_index`` picks the scheme in
     ``BRANCHES`` through ``lax.switch`` and the threshold ``κ`` is traced (one compilation for
-    every configuration); ``quirk=True`` reproduces ALGORITHMS.md §9.1: the accumulated
+    every configuration); ``quirk=True`` reproduces docs/algorithms.md §9.1: the accumulated
     log-weights are dropped when not resampling.
     """
     branches = [functools.partial(fn, num_samples=NUM_PARTICLES) for fn in BRANCHES]
@@ -275,3 +275,60 @@ def test_normalizer_gate_rejects_biased_resampling():
     z, _ = _ratio_z(len(SCHEME_NAMES), 0.97)  # resampling ∝ W²
     print("squared", z)
     assert abs(z) > Z_GATE, z
+
+
+# ----------------------------------------------------------------------------------------------
+# Partial resampling and resampling every F steps
+# ----------------------------------------------------------------------------------------------
+def test_partial_resampling_keeps_the_total_and_the_untouched_particles():
+    """``M = 6`` of 16: the 3 lightest and 3 heaviest are resampled among themselves, each copy
+    with weight ``Σ_S w / M``; the total weight is unchanged and the others keep theirs."""
+    log_w = np.random.default_rng(5).normal(size=N).astype(np.float32) * 2.0
+    particles = np.arange(N, dtype=np.int32)
+    out = smc_weights.resample_if_needed(
+        jax.random.key(0), log_w, particles, 1.0, "systematic", num_resampled=6
+    )
+    order = np.argsort(log_w, kind="stable")
+    subset, rest = np.r_[order[:3], order[-3:]], order[3:-3]
+    np.testing.assert_array_equal(out.particles[rest], rest)  # integers stay integers
+    assert out.particles.dtype == np.int32
+    assert set(np.asarray(out.ancestors)[subset]) <= set(subset)
+    np.testing.assert_allclose(logsumexp(out.log_weights), logsumexp(log_w), rtol=1e-5)
+    share = logsumexp(log_w[subset]) - np.log(6)
+    np.testing.assert_allclose(np.asarray(out.log_weights)[subset], share, rtol=1e-5)
+
+
+def test_partial_resampling_is_unbiased_for_the_weighted_measure():
+    """``E[Σ_j w̃_j 1{a_j = i}] = w_i`` for every particle, over 4000 keys (z-scores of the
+    per-particle means against the exact weights; ``|z| < 4.5``, Bonferroni over 16)."""
+    log_w = np.random.default_rng(6).normal(size=N).astype(np.float32) * 1.5
+    fn = jax.jit(
+        jax.vmap(
+            lambda k: smc_weights.resample_if_needed(
+                k, log_w, np.zeros(N), 1.0, "ssp", num_resampled=8
+            )[1:3]
+        )
+    )
+    new_log_w, ancestors = (np.asarray(a) for a in fn(jax.random.split(jax.random.key(1), 4000)))
+    w_new = np.exp(new_log_w - logsumexp(log_w))
+    mass = np.stack([(w_new * (ancestors == i)).sum(1) for i in range(N)], axis=1)
+    w = np.exp(log_w - logsumexp(log_w))
+    se = mass.std(0, ddof=1) / np.sqrt(mass.shape[0])
+    moved = se > 1e-6  # the untouched particles vary by float rounding only
+    assert moved.sum() >= 8
+    z = (mass.mean(0)[moved] - w[moved]) / se[moved]
+    assert np.all(np.abs(z) < Z_GATE), z
+    np.testing.assert_allclose(mass.mean(0)[~moved], w[~moved], rtol=1e-4)
+
+
+def test_resampling_can_be_disallowed_for_a_step():
+    """``allowed=False`` (resampling only every F steps) keeps the weights whatever the ESS."""
+    log_w = np.array([0.0] + [-30.0] * (N - 1), np.float32)
+    out = smc_weights.resample_if_needed(
+        jax.random.key(0), log_w, np.arange(N), 1.0, "systematic", allowed=False
+    )
+    assert not bool(out.resampled)
+    np.testing.assert_array_equal(out.log_weights, log_w)
+    part = smc_weights.AdaptiveResampling(ess_threshold=1.0, every=3)
+    flags = [bool(part(jax.random.key(0), log_w, np.arange(N), i).resampled) for i in range(6)]
+    assert flags == [True, False, False, True, False, False]

@@ -119,6 +119,45 @@ class FluxConfig:
             axes_dims_rope=list(self.axes_dim),
         )
 
+    def macs(self, num_img: int, num_txt: int) -> dict:
+        """Multiply-adds of one forward pass's matmuls, by part (``2·MACs`` are its FLOPs).
+
+        Parameters
+        ----------
+        num_img, num_txt
+            Image and text tokens, ``L = num_img + num_txt``.
+
+        Returns
+        -------
+        dict
+            ``"image"``: ``img_in`` and the final linear over the image tokens; ``"blocks"``:
+            every block's projections and MLPs over all ``L`` tokens (double: qkv ``h→3h``,
+            proj ``h→h``, MLP ``h→m→h`` per stream token; single: ``h→3h+m`` and ``h+m→h``);
+            ``"attention"``: ``QKᵀ`` and ``PV``, ``2·L²·h`` per block; ``"text"``: ``txt_in``
+            over the text tokens; ``"conditioning"``: the time (and guidance) and pooled-text
+            embeddings and every modulation linear, which depend on the time and the prompt
+            only (computed once per batch on the fast path). Per sample, batch 1.
+        """
+        h, m, n = self.hidden_size, self.mlp_hidden_dim, num_img + num_txt
+        embed = 2 if self.guidance_embed else 1
+        width = 256  # the sinusoidal time embedding (psijax.models.flux.layers.TIME_EMBED_DIM)
+        return {
+            "image": num_img * self.in_channels * h + num_img * h * self.out_channels,
+            "blocks": n
+            * (
+                self.depth * (3 * h * h + h * h + 2 * h * m)
+                + self.depth_single_blocks * (h * (3 * h + m) + (h + m) * h)
+            ),
+            "attention": (self.depth + self.depth_single_blocks) * 2 * n * n * h,
+            "text": num_txt * self.context_in_dim * h,
+            "conditioning": embed * (width * h + h * h)
+            + self.vec_in_dim * h
+            + h * h
+            + self.depth * 2 * h * 6 * h
+            + self.depth_single_blocks * h * 3 * h
+            + h * 2 * h,
+        }
+
     def replace(self, **changes) -> "FluxConfig":
         """A copy with the given fields changed (validated like a new config)."""
         return dataclasses.replace(self, **changes)

@@ -1,6 +1,6 @@
 """The layers of FLUX.1, as Flax NNX modules named after BFL's checkpoint keys.
 
-Every module is a plain transcription of the math in ``shared/FLUX.md``; the attribute names
+Every module is a plain transcription of the math in ``docs/flux.md``; the attribute names
 are the checkpoint names (``img_attn.qkv``, ``img_mlp.layers.0`` for BFL's ``img_mlp.0``,
 ``final_layer.adaLN_modulation.layers.1`` …), so the mapping to a state dict is mechanical
 (:mod:`psijax.models.flux.weights`).

@@ -161,7 +161,7 @@ def test_errors():
         unpack(tokens, 8, 8)
     with pytest.raises(ValueError, match="even"):
         unpack(tokens, 3, 8)
-    with pytest.raises(ValueError, match="height"):
+    with pytest.raises(TypeError, match="height"):  # a float is the wrong kind of size
         unpack(tokens, 6.0, 8)
     with pytest.raises(ValueError, match="divisible by 4"):
         unpack(np.zeros((12, 6)), 6, 8)

@@ -1,4 +1,5 @@
-"""RewardProblem and the SMC over the denoising grid, against the linear-Gaussian closed forms.
+"""RewardProblem and the SMC over the denoising grid (``psijax.align.denoising``), against the
+linear-Gaussian closed forms.
 
 Statistical gates are z-scores at fixed seeds. ``Ẑ`` is unbiased for ``Z_disc`` (the normalizer
 of the discretized chain, :meth:`LinearGaussianFlow.discretized_log_normalizer`), so the mean of
@@ -15,7 +16,18 @@ import numpy as np
 import pytest
 
 from psijax import flows
-from psijax.align import AlignmentResult, RewardProblem, run_smc
+from psijax.align import (
+    AlignmentResult,
+    Bootstrap,
+    Current,
+    Difference,
+    FlowMap,
+    Max,
+    RewardProblem,
+    Sum,
+    Twisted,
+    run_smc,
+)
 from psijax.models.linear_gaussian import LinearGaussianFlow
 from psijax.models.presets import quadratic_reward
 
@@ -38,6 +50,10 @@ def prior_start(key, problem, num_particles):
     return x, jnp.zeros(num_particles)
 
 
+PROPOSALS = {"twisted": Twisted(), "bootstrap": Bootstrap()}
+POTENTIALS = {"difference": Difference(), "max": Max(), "sum": Sum(), "current": Current()}
+
+
 def run(key, problem=PROBLEM, num_particles=64, **kwargs):
     k_init, k_run = jax.random.split(key)
     x, log_w = prior_start(k_init, problem, num_particles)
@@ -52,7 +68,8 @@ def jitted_run(**kwargs):
 @functools.cache
 def replicated(proposal: str, threshold: float, num_runs: int = 256) -> AlignmentResult:
     keys = jax.random.split(jax.random.key(7), num_runs)
-    fn = jax.jit(jax.vmap(lambda k: run(k, proposal=proposal, ess_threshold=threshold)))
+    part = PROPOSALS[proposal]
+    fn = jax.jit(jax.vmap(lambda k: run(k, proposal=part, ess_threshold=threshold)))
     return jax.tree.map(np.asarray, fn(keys))
 
 
@@ -112,9 +129,7 @@ def test_flow_map_predictor_in_smc_counts_every_ode_evaluation_and_stays_unbiase
     potential costs its solve plus one velocity call) and ``Ẑ`` still targets ``Z_disc`` (the
     potentials telescope to the exact final reward whatever the predictor)."""
     options = {"rtol": 1e-4, "atol": 1e-4}
-    flow = RewardProblem(
-        MODEL.velocity, PROBLEM.reward_fn, (2,), ALPHA, "flow_map", flow_map_options=options
-    )
+    flow = RewardProblem(MODEL.velocity, PROBLEM.reward_fn, (2,), ALPHA, FlowMap(**options))
     x = jnp.array([[0.3, -0.7], [1.2, 0.4]])
     _, counts = jax.vmap(lambda y: flows.flow_map(MODEL.velocity, y, 1.0, **options))(x)
     res = run_smc(jax.random.key(0), flow, x, grid=jnp.array([1.0, 0.0]), diffusion=DIFFUSION)
@@ -134,18 +149,21 @@ def test_flow_map_predictor_in_smc_counts_every_ode_evaluation_and_stays_unbiase
 
 
 @pytest.mark.parametrize(
-    "kwargs, name",
+    "kwargs, name, error",
     [
-        ({"alpha": 0.0}, "alpha"),
-        ({"alpha": float("inf")}, "alpha"),
-        ({"event_shape": (2, 0)}, "event_shape"),
-        ({"event_shape": [2]}, "event_shape"),
-        ({"x0_predictor": "euler"}, "x0_predictor"),
-        ({"flow_map_options": {"tol": 1e-3}}, "flow_map_options"),
-        ({"flow_map_options": 1e-3}, "flow_map_options"),
+        ({"alpha": 0.0}, "alpha", ValueError),
+        ({"alpha": float("inf")}, "alpha", ValueError),
+        ({"alpha": "0.1"}, "alpha", TypeError),
+        ({"event_shape": (2, 0)}, "event_shape", ValueError),
+        ({"event_shape": [2]}, "event_shape", TypeError),
+        ({"x0_predictor": "euler"}, "x0_predictor", ValueError),
+        ({"x0_predictor": 3}, "x0_predictor", TypeError),
+        ({"flow_map_options": {"tol": 1e-3}}, "flow_map_options", ValueError),
+        ({"flow_map_options": 1e-3}, "flow_map_options", TypeError),
+        ({"velocity_fn": None}, "velocity_fn", TypeError),
     ],
 )
-def test_problem_invalid_arguments_raise(kwargs, name):
+def test_problem_invalid_arguments_raise(kwargs, name, error):
     args = {
         "velocity_fn": MODEL.velocity,
         "reward_fn": PROBLEM.reward_fn,
@@ -153,8 +171,15 @@ def test_problem_invalid_arguments_raise(kwargs, name):
         "alpha": ALPHA,
         **kwargs,
     }
-    with pytest.raises(ValueError, match=f"`{name}`"):
+    with pytest.raises(error, match=f"`{name}`"):
         RewardProblem(**args)
+
+
+def test_predictor_fields_are_checked():
+    with pytest.raises(ValueError, match="`rtol`"):
+        FlowMap(rtol=0.0)
+    with pytest.raises(TypeError, match="`max_steps`"):
+        FlowMap(max_steps=10.5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,7 +217,9 @@ def test_fk_steering_potentials_keep_the_target(potential):
     problem = RewardProblem(MODEL.velocity, quadratic_reward(CENTER, PRECISION), (2,), alpha)
     keys = jax.random.split(jax.random.key(8), 256)
     fn = jax.vmap(
-        lambda k: run(k, problem, proposal="bootstrap", potential=potential, ess_threshold=1.0)
+        lambda k: run(
+            k, problem, proposal=Bootstrap(), potential=POTENTIALS[potential], ess_threshold=1.0
+        )
     )
     res = jax.tree.map(np.asarray, jax.jit(fn)(keys))
     mean, _, log_z_disc = MODEL.tilted_final_distribution(GRID, DIFFUSION, CENTER, PRECISION, alpha)
@@ -205,7 +232,7 @@ def test_fk_steering_potentials_keep_the_target(potential):
     z_mean = (unbiased.mean(0) - mean) / (unbiased.std(0, ddof=1) / np.sqrt(len(ratio)))
     assert np.all(np.abs(z_mean) < Z_GATE), z_mean
     # The potential really was applied: the step increments are not the difference potential's.
-    ref = run(keys[0], problem, proposal="bootstrap", ess_threshold=1.0)
+    ref = run(keys[0], problem, proposal=Bootstrap(), ess_threshold=1.0)
     increments = res.info.log_normalizer_increments[0]
     assert not np.allclose(increments, ref.info.log_normalizer_increments, atol=1e-2)
 
@@ -226,8 +253,8 @@ def test_weights_accumulate_when_ess_stays_high():
     the bootstrap proposal the accumulated increments telescope to ``r(x_T)/α``."""
     flat = RewardProblem(MODEL.velocity, quadratic_reward(CENTER, 0.01 * PRECISION), (2,), 1.0)
     key = jax.random.key(3)
-    res = jitted_run(problem=flat, proposal="bootstrap", ess_threshold=0.5)(key)
-    never = jitted_run(problem=flat, proposal="bootstrap", ess_threshold=0.0)(key)
+    res = jitted_run(problem=flat, proposal=Bootstrap(), ess_threshold=0.5)(key)
+    never = jitted_run(problem=flat, proposal=Bootstrap(), ess_threshold=0.0)(key)
     assert not np.any(res.info.resampled)
     np.testing.assert_array_equal(res.log_weights, never.log_weights)
     np.testing.assert_array_equal(res.samples, never.samples)
@@ -271,6 +298,10 @@ def test_nan_reward_gives_zero_weight_and_the_run_completes():
         ({"schedule": jnp.full(NUM_STEPS + 1, 0.5)}, "schedule"),
         ({"proposal": "guided"}, "proposal"),
         ({"potential": "min"}, "potential"),
+        ({"resample_every": 0}, "every"),
+        ({"num_resampled": 1}, "num_resampled"),
+        ({"num_resampled": 9}, "num_resampled"),
+        ({"resampling": "best"}, "resampling"),
     ],
 )
 def test_invalid_configuration_raises(change, name):
@@ -278,8 +309,26 @@ def test_invalid_configuration_raises(change, name):
     num_particles = change.pop("num_particles", 8)
     x = jnp.zeros((max(num_particles, 0), 2))
     kwargs = {"grid": GRID, "diffusion": DIFFUSION, **change}
-    with pytest.raises(ValueError, match=f"`{name}`"):
+    with pytest.raises(ValueError, match=name):
         run_smc(jax.random.key(0), PROBLEM, x, jnp.zeros(x.shape[0]), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "change, name",
+    [
+        ({"proposal": 3}, "proposal"),
+        ({"potential": Twisted()}, "potential"),
+        ({"diffusion": "reference"}, "diffusion"),
+        ({"ess_threshold": "half"}, "ess_threshold"),
+        ({"resample_every": 2.0}, "every"),
+    ],
+)
+def test_wrong_kinds_of_parts_are_type_errors(change, name):
+    kwargs = {"grid": GRID, "diffusion": DIFFUSION, **change}
+    with pytest.raises(TypeError, match=name):
+        run_smc(jax.random.key(0), PROBLEM, jnp.zeros((8, 2)), jnp.zeros(8), **kwargs)
+    with pytest.raises(TypeError, match="problem"):
+        run_smc(jax.random.key(0), "problem", jnp.zeros((8, 2)), grid=GRID, diffusion=DIFFUSION)
 
 
 def test_invalid_shapes_raise():
@@ -305,3 +354,97 @@ def test_tempered_schedule_runs_and_is_unbiased_in_a_single_check():
     log_z_hat = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(9), 256)))
     log_z_disc = MODEL.discretized_log_normalizer(GRID, DIFFUSION, CENTER, PRECISION, ALPHA)
     assert abs(ratio_z(log_z_hat, log_z_disc)) < Z_GATE
+
+
+# ----------------------------------------------------------------------------------------------
+# A user's own parts, and the resampling options, keep Ẑ unbiased
+# ----------------------------------------------------------------------------------------------
+INFLATION = 1.3
+
+
+def inflated_bootstrap(rng_key, step):
+    """A user's proposal, written outside the library: the model's transition with its noise
+    inflated by ``c``, ``q = N(μ, c²σ²I)``, so ``log p − log q = d·log c − ‖z‖²(c² − 1)/2`` at
+    ``x' = μ + cσz`` (``d`` the event size)."""
+    z = jax.random.normal(rng_key, step.x.shape, step.mean.dtype)
+    sq = jnp.sum(z * z, axis=tuple(range(1, z.ndim)))
+    d = np.prod(step.x.shape[1:])
+    log_p_minus_q = d * np.log(INFLATION) - 0.5 * sq * (INFLATION**2 - 1.0)
+    return step.mean + INFLATION * step.std * z, log_p_minus_q
+
+
+class HalfTwist(Difference):
+    """A user's potential: the difference potential of half the log-twist ``s/2`` (the final
+    correction ``s_T − Ψ_{T−1}`` is inherited), a valid but different Feynman–Kac model."""
+
+    def init(self, log_twist):
+        return super().init(0.5 * log_twist)
+
+    def update(self, path, log_twist, final):
+        return super().update(path, log_twist if final else 0.5 * log_twist, final)
+
+
+def _replicated_log_z(num_runs=256, seed=31, **kwargs):
+    keys = jax.random.split(jax.random.key(seed), num_runs)
+    return np.asarray(jax.jit(jax.vmap(lambda k: run(k, **kwargs).log_normalizer))(keys))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"proposal": inflated_bootstrap},
+        {"potential": HalfTwist()},
+        {"proposal": inflated_bootstrap, "potential": HalfTwist(), "ess_threshold": 1.0},
+    ],
+    ids=["own_proposal", "own_potential", "both"],
+)
+def test_a_users_own_proposal_and_potential_are_unbiased(kwargs):
+    """``E[Ẑ/Z_disc] = 1`` for parts written outside the library (the README example), and
+    the gate rejects ``Z_disc`` shifted by the 5% of the continuous-time ``Z``."""
+    log_z_hat = _replicated_log_z(**kwargs)
+    log_z_disc = MODEL.discretized_log_normalizer(GRID, DIFFUSION, CENTER, PRECISION, ALPHA)
+    assert np.std(log_z_hat) < 0.7
+    assert abs(ratio_z(log_z_hat, log_z_disc)) < Z_GATE
+    assert abs(ratio_z(log_z_hat, log_z_disc + 0.1)) > Z_GATE
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"resample_every": 3, "ess_threshold": 1.0},
+        {"num_resampled": 16, "ess_threshold": 0.8},
+        {"num_resampled": 63, "resample_every": 2, "ess_threshold": 1.0},
+    ],
+    ids=["every_3", "partial_16", "partial_every_2"],
+)
+def test_resampling_every_f_steps_and_partial_resampling_are_unbiased(kwargs):
+    """Resampling only every ``F`` steps, and partial resampling of the ``M`` lightest and
+    heaviest particles, keep ``E[Ẑ/Z_disc] = 1``; the history shows when each resampled."""
+    log_z_hat = _replicated_log_z(**kwargs)
+    log_z_disc = MODEL.discretized_log_normalizer(GRID, DIFFUSION, CENTER, PRECISION, ALPHA)
+    assert abs(ratio_z(log_z_hat, log_z_disc)) < Z_GATE
+    res = jitted_run(**kwargs)(jax.random.key(3))
+    resampled = np.asarray(res.info.resampled)
+    every = kwargs.get("resample_every", 1)
+    assert not resampled[np.arange(NUM_STEPS) % every != 0].any()
+    assert resampled.any()
+    np.testing.assert_allclose(jax.nn.logsumexp(res.log_weights), 0.0, atol=1e-5)
+
+
+def test_deprecated_part_names_are_the_objects():
+    """``proposal="bootstrap"``, ``potential="max"`` (0.1) warn and give the objects' result."""
+    key = jax.random.key(2)
+    new = jitted_run(proposal=Bootstrap(), potential=Max())(key)
+    with pytest.warns(DeprecationWarning, match="proposal="):
+        old = jitted_run(proposal="bootstrap", potential="max")(key)
+    np.testing.assert_array_equal(new.samples, old.samples)
+    np.testing.assert_array_equal(new.log_weights, old.log_weights)
+
+
+def test_nfe_per_step_is_reported():
+    """``info.proposal_info`` holds the model evaluations of each step: ``N`` per step and none
+    at the last one (the exact reward); with the ``N`` at ``t_0`` they sum to ``nfe``."""
+    res = jitted_run()(jax.random.key(0))
+    per_step = np.asarray(res.info.proposal_info)
+    np.testing.assert_array_equal(per_step, [64] * (NUM_STEPS - 1) + [0])
+    assert int(res.nfe) == 64 + per_step.sum()

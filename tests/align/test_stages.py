@@ -1,7 +1,7 @@
-"""Initial particles (``psijax.align.init``) against targets with exact answers.
+"""Initial stages (``psijax.align.stages``, ``.chains``, ``.tempered``) against exact answers.
 
 **Gaussian π_init.** ``LinearGaussianFlow`` is an exact model, so its Tweedie prediction at
-``t = 1`` is the constant ``E[x0] = μ`` and its ``π_init`` is the prior (ALGORITHMS.md §3). The
+``t = 1`` is the constant ``E[x0] = μ`` and its ``π_init`` is the prior (docs/algorithms.md §3). The
 tests use instead the *straight* (perfectly reflowed) flow of the same data ``N(μ, LLᵀ)``:
 ``x_t = (1 − t)(μ + L x1) + t x1``, velocity ``v = x1 − μ − L x1`` at ``x1 = M_t⁻¹(x − (1 − t)μ)``,
 ``M_t = (1 − t)L + tI``. Its one-step Tweedie ``x̂0(x, 1) = μ + Lx`` is affine and pushes
@@ -11,10 +11,10 @@ integral (float64 NumPy, checked against :func:`gaussian_tilt`).
 
 **Six modes through a flow map.** ``π_init ∝ N·exp(r(F(x))/α)`` with ``F`` a flow map of the
 exact six-mode velocity, pushed through ``F``, is ``∝ (F#N)·exp(r/α) = p*_0`` and
-``Z_init = Z``. ``x0_predictor="flow_map"`` (diffrax) took ~30 s to compile inside tempered SMC
+``Z_init = Z``. ``x0_predictor=FlowMap()`` (diffrax) took ~30 s to compile inside tempered SMC
 on 2 CPU cores, so the statistical test uses a callable predictor: a 12-step RK4 flow map
 (max error 0.006 over 4000 prior draws against diffrax at rtol 1e-7; mode std 0.5; over 256
-independent runs no bias in occupancies, mean or ``Ẑ/Z`` was visible). The ``"flow_map"`` path
+independent runs no bias in occupancies, mean or ``Ẑ/Z`` was visible). The ``FlowMap`` path
 itself is tested for its exact NFE on Top-K; the per-point NFE bookkeeping of the chains and of
 tempered SMC with a cost that varies with ``x`` is tested with a stand-in cost function.
 
@@ -23,17 +23,20 @@ chain) or independent replicates (tempered SMC), so correlations inside a run ne
 statistical test also shows its gate rejects a wrong answer.
 """
 
+import dataclasses
 import functools
 
+import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import psijax.align.init as init_module
+import psijax
+import psijax.align.stages as stages_module
 from psijax import metrics
-from psijax.align.init import METHODS, initial_particles, thinning_layout
-from psijax.align.problem import RewardProblem
+from psijax.align import Chains, Custom, FlowMap, Prior, RewardProblem, Tempered, TopK
+from psijax.align.chains import thinning_layout
 from psijax.flows.ode import flow_map
 from psijax.models.linear_gaussian import gaussian_tilt
 from psijax.models.presets import quadratic_reward, toy_problem
@@ -112,29 +115,35 @@ def moment_z(x, mean, cov):
 
 # -- chains -----------------------------------------------------------------------------------
 NUM_CHAINS = 500
-# ULA runs at a larger step so that its O(ε) bias is large against the standard errors.
-CHAIN_STEP = {"pcnl": 0.5, "pcn": 0.5, "mala": 0.5, "ula": 1.0}
+KERNELS = {"pcnl": psijax.pcnl, "pcn": psijax.pcn, "mala": blackjax.mala, "ula": psijax.ula}
+# The kernels' own step sizes: h for pCN/pCNL, ε = h/2 for MALA and ULA (the Langevin time of
+# a pCNL step h). ULA runs at a larger step so that its O(ε) bias is large against the
+# standard errors.
+CHAIN_STEP = {"pcnl": 0.5, "pcn": 0.5, "mala": 0.25, "ula": 0.5}
 BURN_IN = {"pcnl": 80, "pcn": 120, "mala": 60, "ula": 60}
 # pCNL (the method of the paper) also tunes h during its burn-in, toward acceptance 0.3.
-ADAPT = {"pcnl": dict(adapt_step_size=True, target_acceptance_rate=0.3)}
+ADAPT = {"pcnl": dict(adapt=True, target_acceptance_rate=0.3)}
+
+
+def sample(stage, problem, num_particles, key):
+    """``stage.sample`` under ``jit``, as NumPy."""
+    run = jax.jit(lambda k: stage.sample(k, problem, num_particles))
+    return jax.tree.map(np.asarray, run(key))
 
 
 @functools.cache
 def chain_draws(method):
     """One final state per chain (K = C, S = 1): independent draws after burn-in."""
-    fn = functools.partial(
-        initial_particles,
-        problem=PROBLEM,
-        num_particles=NUM_CHAINS,
-        method=method,
-        alpha=ALPHA_INIT,
+    stage = Chains(
+        kernel=KERNELS[method],
         step_size=CHAIN_STEP[method],
         num_chains=NUM_CHAINS,
         burn_in=BURN_IN[method],
         num_kept=1,
+        alpha=ALPHA_INIT,
         **ADAPT.get(method, {}),
     )
-    return jax.tree.map(np.asarray, jax.jit(fn)(jax.random.key(11)))
+    return sample(stage, PROBLEM, NUM_CHAINS, jax.random.key(11))
 
 
 @pytest.mark.parametrize("method", ["pcnl", "pcn", "mala"])
@@ -162,12 +171,12 @@ def test_adapted_step_size():
 
 
 def test_ula_has_its_exact_step_size_bias():
-    """ULA at ``ε = h/2`` on the Gaussian ``N(m, P⁻¹)`` is the AR(1) chain
+    """ULA at step ``ε`` on the Gaussian ``N(m, P⁻¹)`` is the AR(1) chain
     ``x' = (I − εP)x + εPm + √(2ε)ξ``: stationary mean ``m`` (no bias), covariance
     ``(P − εP²/2)⁻¹`` (inflated). Both hold, and the unbiased covariance ``P⁻¹`` is rejected."""
     out = chain_draws("ula")
     mean, cov, _ = exact_pi_init()
-    p, eps = np.linalg.inv(cov), CHAIN_STEP["ula"] / 2
+    p, eps = np.linalg.inv(cov), CHAIN_STEP["ula"]
     biased = np.linalg.inv(p - eps * p @ p / 2)
     z_mean, z_var = moment_z(out.particles.astype(np.float64), mean, biased)
     assert np.all(np.abs(z_mean) < Z_GATE), z_mean
@@ -211,10 +220,9 @@ def test_thinning_layout_indices():
 def test_thinned_particles_are_the_laid_out_chain_states():
     """With the same key the chains do not depend on K: keeping all ``C·S`` states (stride 1:
     particle ``5c + 4 − s`` is chain ``c`` at kept step ``s``) and keeping 7 of them select the
-    same states, at the indices of :func:`thinning_layout`. Default method (pCNL)."""
-    run = lambda k: initial_particles(  # noqa: E731
-        jax.random.key(5), PROBLEM, k, alpha=ALPHA_INIT, num_chains=3, burn_in=2, num_kept=5
-    )
+    same states, at the indices of :func:`thinning_layout`. Default kernel (pCNL)."""
+    stage = Chains(alpha=ALPHA_INIT, num_chains=3, burn_in=2, num_kept=5)
+    run = lambda k: stage.sample(jax.random.key(5), PROBLEM, k)  # noqa: E731
     full, part = jax.tree.map(np.asarray, jax.jit(lambda: (run(15), run(7)))())
     index = lambda chain, step: 5 * chain + 4 - step  # noqa: E731
     np.testing.assert_array_equal(index(*thinning_layout(15, 3, 5)), np.arange(15))
@@ -231,9 +239,8 @@ NUM_RUNS, TEMPERED_K, TEMPERED_M = 16, 400, 4
 
 @functools.cache
 def tempered_runs():
-    fn = lambda key: initial_particles(  # noqa: E731
-        key, PROBLEM, TEMPERED_K, method="tempered", alpha=ALPHA_INIT, num_mcmc_steps=TEMPERED_M
-    )
+    stage = Tempered(alpha=ALPHA_INIT, num_mcmc_steps=TEMPERED_M)
+    fn = lambda key: stage.sample(key, PROBLEM, TEMPERED_K)  # noqa: E731
     keys = jax.random.split(jax.random.key(21), NUM_RUNS)
     return jax.tree.map(np.asarray, jax.jit(jax.vmap(fn))(keys))
 
@@ -294,9 +301,9 @@ def test_prior_and_top_k():
     @jax.jit
     def run():
         return (
-            initial_particles(key, PROBLEM, n, method="prior"),
-            initial_particles(key, PROBLEM, k, method="top_k", num_candidates=n),
-            initial_particles(key, PROBLEM, k, method="top_k").nfe,
+            Prior().sample(key, PROBLEM, n),
+            TopK(num_candidates=n).sample(key, PROBLEM, k),
+            TopK().sample(key, PROBLEM, k).nfe,
         )
 
     prior, top, default_nfe = jax.tree.map(np.asarray, run())
@@ -357,7 +364,7 @@ def test_tempered_through_flow_map_gives_tilted_mixture():
     problem = RewardProblem(six_mode_velocity, TOY.reward_fn, (2,), TOY.alpha, rk4_flow_map)
 
     def one(key):
-        out = initial_particles(key, problem, 256, method="tempered", num_mcmc_steps=3)
+        out = Tempered(num_mcmc_steps=3).sample(key, problem, 256)
         x0 = jax.vmap(lambda x: rk4_flow_map(six_mode_velocity, x, 1.0))(out.particles)
         log_w = out.log_weights + jax.vmap(problem.reward)(x0) / TOY.alpha
         return x0, jax.nn.softmax(log_w), out.info.log_normalizer
@@ -386,15 +393,15 @@ def test_tempered_through_flow_map_gives_tilted_mixture():
 
 
 def test_flow_map_predictor_nfe_is_exact():
-    """``x0_predictor="flow_map"``: Top-K ranks by ``r(Φ_1(x))`` and its NFE is the sum of the
+    """``x0_predictor=FlowMap()``: Top-K ranks by ``r(Φ_1(x))`` and its NFE is the sum of the
     flow map's exact per-sample counts at the candidates."""
-    problem = RewardProblem(six_mode_velocity, TOY.reward_fn, (2,), TOY.alpha, "flow_map")
+    problem = RewardProblem(six_mode_velocity, TOY.reward_fn, (2,), TOY.alpha, FlowMap())
     key, n, k = jax.random.key(2), 8, 3
 
     @jax.jit
     def run():
-        top = initial_particles(key, problem, k, method="top_k", num_candidates=n)
-        candidates = initial_particles(key, problem, n, method="prior").particles
+        top = TopK(num_candidates=n).sample(key, problem, k)
+        candidates = Prior().sample(key, problem, n).particles
         x0, nfe = jax.vmap(lambda x: flow_map(six_mode_velocity, x, 1.0))(candidates)
         return top, candidates, jax.vmap(problem.reward)(x0), nfe
 
@@ -405,8 +412,9 @@ def test_flow_map_predictor_nfe_is_exact():
 
 # -- exact NFE bookkeeping --------------------------------------------------------------------
 def _counting_reward(problem, calls):
-    """A stand-in for ``_reward_with_nfe``: ``r_init`` costs ``1 + (⌊4|x_0|⌋ mod 3)`` (varies
-    with x, like a flow-map solve); every evaluation made adds its cost and 1 to ``calls``."""
+    """A stand-in for ``stages.reward_with_nfe``: ``r_init`` costs ``1 + (⌊4|x_0|⌋ mod 3)``
+    (varies with x, like a flow-map solve); every evaluation made adds its cost and 1 to
+    ``calls``."""
 
     def cost(x):
         return (1 + jnp.floor(4 * jnp.abs(x[0])).astype(jnp.int32) % 3).astype(jnp.int32)
@@ -422,37 +430,44 @@ def _counting_reward(problem, calls):
     return reward_and_nfe, lambda x: cost(jax.lax.stop_gradient(x))
 
 
+def _tweedie(velocity_fn, x, t):
+    return x - t * velocity_fn(x, t)
+
+
 @pytest.mark.parametrize(
-    "method, kwargs, num_evaluations",
+    "stage, num_evaluations",
     [
-        # C = 1 is raised to ⌈6/4⌉ = 2 chains by "more_chains".
+        # BlackJAX's MALA as it is: its info has no proposal; C = 1 is raised to ⌈6/4⌉ = 2.
         (
-            "mala",
-            dict(num_chains=1, burn_in=3, num_kept=4, on_too_few_states="more_chains"),
+            Chains(
+                kernel=blackjax.mala,
+                step_size=0.25,
+                num_chains=1,
+                burn_in=3,
+                num_kept=4,
+                on_too_few_states="more_chains",
+                alpha=ALPHA_INIT,
+            ),
             2 * (3 + 4 + 1),
         ),
-        ("tempered", dict(num_mcmc_steps=2), None),
+        (Chains(num_chains=2, burn_in=3, num_kept=4, alpha=ALPHA_INIT), 2 * (3 + 4 + 1)),
+        (Tempered(num_mcmc_steps=2, alpha=ALPHA_INIT), None),
     ],
+    ids=["mala", "pcnl", "tempered"],
 )
-def test_nfe_counts_every_evaluation(monkeypatch, method, kwargs, num_evaluations):
+def test_nfe_counts_every_evaluation(monkeypatch, stage, num_evaluations):
     """The reported NFE is the sum of the per-evaluation cost over the evaluations actually
-    made (counted by a host callback in ``r_init``): exact for MALA's reconstructed proposals
-    (the other chains read theirs from the kernel's info) and for the tempered SMC's
-    resampling/mutation bookkeeping. The number of evaluations is the documented one:
+    made (counted by a host callback in ``r_init``), for a predictor whose cost varies with
+    ``x``: exact for BlackJAX MALA's proposals (found by the same kernel step on a flat, high
+    log-density, since its info omits them), for pCNL (from its info) and for the tempered
+    SMC's resampling/mutation bookkeeping. The number of evaluations is the documented one:
     ``C·(B + S + 1)``, ``T·K·(M + 3) + K``."""
     calls = {"nfe": 0, "n": 0}
     monkeypatch.setattr(
-        init_module, "_reward_with_nfe", lambda problem: _counting_reward(problem, calls)
+        stages_module, "reward_with_nfe", lambda problem: _counting_reward(problem, calls)
     )
-    fn = functools.partial(
-        initial_particles,
-        problem=PROBLEM,
-        num_particles=6,
-        method=method,
-        alpha=ALPHA_INIT,
-        **kwargs,
-    )
-    out = jax.jit(fn)(jax.random.key(1))
+    problem = dataclasses.replace(PROBLEM, x0_predictor=Custom(_tweedie))  # a varying cost
+    out = jax.jit(lambda key: stage.sample(key, problem, 6))(jax.random.key(1))
     jax.effects_barrier()
     if num_evaluations is None:
         num_evaluations = int(out.info.num_tempering_steps) * 6 * (2 + 3) + 6
@@ -462,41 +477,51 @@ def test_nfe_counts_every_evaluation(monkeypatch, method, kwargs, num_evaluation
     assert int(out.nfe) == calls["nfe"] > calls["n"]
 
 
+def test_evaluations_per_step():
+    """A kernel that evaluates ``e`` times per step (declared): NFE ``C·(1 + (B + S)·e)``
+    with Tweedie; with a varying cost it is refused (where it evaluates is not known)."""
+    stage = Chains(num_chains=2, burn_in=3, num_kept=4, evaluations_per_step=3)
+    out = jax.jit(lambda key: stage.sample(key, PROBLEM, 4))(jax.random.key(0))
+    assert int(out.nfe) == 2 * (1 + 7 * 3)
+    problem = dataclasses.replace(PROBLEM, x0_predictor=Custom(_tweedie))
+    with pytest.raises(ValueError, match="evaluations_per_step"):
+        stage.sample(jax.random.key(0), problem, 4)
+
+
 # -- argument errors --------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "make, num_particles, error, match",
     [
-        (dict(method="hmc"), "method"),
-        (dict(num_particles=0), "num_particles"),
-        (dict(num_particles=2.0), "num_particles"),
-        (dict(num_chains=0), "num_chains"),
-        (dict(burn_in=-1), "burn_in"),
-        (dict(num_kept=0), "num_kept"),
-        (dict(alpha=0.0), "alpha"),
-        (dict(alpha=float("inf")), "alpha"),
-        (dict(step_size=4.0), r"step_size.*\(0.0, 4.0\)"),
-        (dict(step_size=0.0, method="pcn"), "step_size"),
-        (dict(step_size=4.0, method="tempered"), "step_size"),
-        (dict(step_size=-1.0, method="mala"), "step_size"),
-        (dict(step_size=0.0, method="ula"), "step_size"),
-        (dict(target_ess=1.0, method="tempered"), "target_ess"),
-        (dict(num_mcmc_steps=0, method="tempered"), "num_mcmc_steps"),
-        (dict(num_candidates=3, num_particles=4, method="top_k"), "num_candidates"),
-        (dict(adapt_step_size=True, method="mala"), "adapt_step_size"),
-        (dict(adapt_step_size=True, burn_in=0), "burn_in"),
-        (dict(adapt_step_size=True, target_acceptance_rate=1.5), "target_acceptance_rate"),
-        (dict(on_too_few_states="duplicate"), "on_too_few_states"),
-        (dict(num_particles=300), "num_particles.*num_chains.*num_kept"),
+        (lambda: Prior(), 0, ValueError, "num_particles"),
+        (lambda: Prior(), 2.0, TypeError, "num_particles"),
+        (lambda: Chains(num_chains=0), 4, ValueError, "num_chains"),
+        (lambda: Chains(burn_in=-1), 4, ValueError, "burn_in"),
+        (lambda: Chains(num_kept=0), 4, ValueError, "num_kept"),
+        (lambda: Chains(alpha=0.0), 4, ValueError, "alpha"),
+        (lambda: Chains(alpha=float("inf")), 4, ValueError, "alpha"),
+        (lambda: Chains(alpha="big"), 4, TypeError, "alpha"),
+        (lambda: Chains(step_size=4.0), 4, ValueError, r"step_size.*\(0.0, 4.0\)"),
+        (lambda: Chains(kernel=psijax.pcn, step_size=0.0), 4, ValueError, "step_size"),
+        (lambda: Tempered(step_size=4.0), 4, ValueError, "step_size"),
+        (lambda: Chains(kernel=blackjax.mala, step_size=-1.0), 4, ValueError, "step_size"),
+        (lambda: Chains(kernel=psijax.ula, step_size=0.0), 4, ValueError, "step_size"),
+        (lambda: Chains(kernel="mala"), 4, TypeError, "kernel"),
+        (lambda: Tempered(target_ess=1.0), 4, ValueError, "target_ess"),
+        (lambda: Tempered(num_mcmc_steps=0), 4, ValueError, "num_mcmc_steps"),
+        (lambda: TopK(num_candidates=3), 4, ValueError, "num_candidates"),
+        (lambda: Chains(kernel=blackjax.mala, adapt=True), 4, ValueError, "adapt"),
+        (lambda: Chains(adapt=True, burn_in=0), 4, ValueError, "burn_in"),
+        (lambda: Chains(adapt=True, target_acceptance_rate=1.5), 4, ValueError, "target_acc"),
+        (lambda: Chains(on_too_few_states="duplicate"), 4, ValueError, "on_too_few_states"),
+        (lambda: Chains(), 300, ValueError, "num_particles.*num_chains.*num_kept"),
+        (lambda: Chains(predictor=3), 4, TypeError, "predictor"),
     ],
 )
-def test_invalid_arguments(kwargs, match):
-    kwargs = {"num_particles": 4, **kwargs}
-    with pytest.raises(ValueError, match=match):
-        initial_particles(jax.random.key(0), PROBLEM, **kwargs)
-
-
-def test_methods_constant():
-    assert METHODS == ("prior", "top_k", "pcnl", "pcn", "mala", "ula", "tempered")
+def test_invalid_arguments(make, num_particles, error, match):
+    """Each bad field or size is a ``TypeError`` (wrong kind) or ``ValueError`` (out of range)
+    naming it, raised when the stage is built or before it samples."""
+    with pytest.raises(error, match=match):
+        make().sample(jax.random.key(0), PROBLEM, num_particles)
 
 
 def test_tempered_with_the_diffrax_flow_map_predictor():
@@ -506,13 +531,11 @@ def test_tempered_with_the_diffrax_flow_map_predictor():
     errors (binomial at the ESS, doubled for the particles' correlation), and ``log Ẑ_init`` is
     within 0.3 of ``log Z`` (5× the spread measured over the RK4 runs above at 256 particles)."""
     options = {"rtol": 1e-3, "atol": 1e-3}
-    problem = RewardProblem(
-        six_mode_velocity, TOY.reward_fn, (2,), TOY.alpha, "flow_map", flow_map_options=options
-    )
+    problem = RewardProblem(six_mode_velocity, TOY.reward_fn, (2,), TOY.alpha, FlowMap(**options))
 
     @jax.jit
     def run(key):
-        out = initial_particles(key, problem, 512, method="tempered", num_mcmc_steps=2)
+        out = Tempered(num_mcmc_steps=2).sample(key, problem, 512)
         x0, nfe = jax.vmap(lambda x: flow_map(six_mode_velocity, x, 1.0, **options))(out.particles)
         log_w = out.log_weights + jax.vmap(problem.reward)(x0) / TOY.alpha
         return x0, jax.nn.softmax(log_w), out.info.log_normalizer, out.nfe, nfe

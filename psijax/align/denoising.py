@@ -1,0 +1,309 @@
+r"""Sequential Monte Carlo over the denoising grid: the continuous configuration of the FK core.
+
+One SMC (docs/algorithms.md §5) over ``1 = t_0 > t_1 > … > t_T = 0``, run by the generic
+Feynman–Kac loop :func:`psijax.smc.feynman_kac.run` with three parts passed in: a
+**proposal** (:mod:`psijax.align.proposals`: :class:`~psijax.align.proposals.Twisted` for TDS /
+DAS / Ψ-Sampler, :class:`~psijax.align.proposals.Bootstrap` for FK steering, or a user's), a
+**potential** (:mod:`psijax.smc.potentials`: ``Difference`` — the twisted-SMC weights —, or FK
+steering's ``Max``, ``Sum``, ``Current``) and the resampling
+(:class:`psijax.smc.weights.AdaptiveResampling`: scheme, ESS threshold ``κ``, every ``F``
+steps, partial). This module adds what is particular to a flow model: the particles carry
+``x`` with the cached ``r_t = r(x̂0(x, t))``, ``∇r_t`` and ``v = v(x, t)``, and step ``i`` from
+``t = t_i`` to ``t' = t_{i+1}`` is
+
+.. math::
+
+    &μ = x + Δ[−v + \tfrac12 g(t)^2 s],\quad σ = g(t)\sqrt{Δ},\quad
+     G = λ_{t'} ∇r_t / α\\
+    &x' \sim q(\cdot \mid x)\ (\text{the proposal, with } \log p − \log q),\quad
+     \text{then } r_{t'},\ ∇r_{t'},\ v(x', t') \text{ at } x'\\
+    &Δℓ = \log p − \log q + \log G_{i+1}, \quad
+     \log G_{i+1} \text{ from the log-twists } s_j = λ_j r_{t_j}(x_j)/α
+
+with the tempering schedule ``λ`` (``λ ≡ 1`` unless given; the proposal of step ``i`` uses
+``λ_{i+1}``). At ``t' = 0`` the reward is the exact ``r(x')`` (``x̂0(x', 0) = x'``; no model
+call) and every potential is ``log G_T = r(x_T)/α − Ψ_{T−1}``, so the target is ``p*_0``.
+The initial log-weights are ``ℓ_0 = ℓ_init + s_0``, where ``ℓ_init`` (``initial_log_weights``)
+says how the particles were drawn relative to the prior (0 for prior draws, ``−r_init/α_init``
+for draws from ``π_init``). ``log Ẑ`` starts at ``log_mean_exp(ℓ_0)``. The final weights are
+returned as they are (no resampling after the last step), so no information is lost.
+
+**Cost.** ``N`` potential evaluations (model forward and backward) at ``t_0`` and ``N`` after
+every step except the last: ``nfe = N·T`` model evaluations in all with the Tweedie predictor,
+each with its gradient; a flow-map predictor adds the exact count of its ODE solves. The
+per-step counts are in ``info.proposal_info``.
+
+**Invalid values.** A particle whose reward or gradient is NaN/inf gets log-weight ``−inf``
+(weight zero) and a zero proposal gradient, so it never affects the others; resampling then
+replaces it. If every weight is zero the run is collapsed: ``log Ẑ = −inf`` (reported in
+``info.collapsed``), never NaN.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from blackjax.types import Array, ArrayLike, PRNGKey
+from jax.sharding import Mesh
+
+from psijax._checks import check_int, concrete_value
+from psijax._deprecation import deprecated
+from psijax.align.problem import RewardProblem, check_problem
+from psijax.align.proposals import PROPOSALS, ProposalInputs, Twisted, check_proposal
+from psijax.align.result import AlignmentResult
+from psijax.flows.sde import Transition, check_diffusion, denoising_grid, transition_from_velocity
+from psijax.smc import feynman_kac
+from psijax.smc.feynman_kac import SMCInfo, normalized_log_weights
+from psijax.smc.potentials import POTENTIALS, Difference, Potential
+from psijax.smc.sharding import check_divisible, check_mesh, constrain, map_particles
+from psijax.smc.weights import AdaptiveResampling, sanitize
+
+__all__ = ["SMCInfo", "Cache", "run_smc"]
+
+
+class Cache(NamedTuple):
+    """Per-particle values carried (and resampled) with the particles.
+
+    reward, grad, velocity
+        ``r(x̂0(x, t))``, its gradient w.r.t. ``x`` and ``v(x, t)`` at the current time.
+    bad
+        The reward or its gradient was not finite (the particle has weight zero).
+
+    """
+
+    reward: Array
+    grad: Array
+    velocity: Array
+    bad: Array
+
+
+def run_smc(
+    rng_key: PRNGKey,
+    problem: RewardProblem,
+    initial_particles: ArrayLike,
+    initial_log_weights: ArrayLike | None = None,
+    *,
+    grid: ArrayLike,
+    diffusion,
+    proposal=None,
+    potential=None,
+    schedule: ArrayLike | None = None,
+    resampling="systematic",
+    ess_threshold: float = 0.5,
+    resample_every: int = 1,
+    num_resampled: int | None = None,
+    mesh: Mesh | None = None,
+) -> AlignmentResult:
+    r"""Run one SMC over ``grid`` from weighted particles at ``t_0 = 1`` (module docstring).
+
+    Parameters
+    ----------
+    rng_key
+        PRNG key.
+    problem
+        The :class:`RewardProblem`; its x0-predictor gives the potentials ``r(x̂0(x, t))``.
+    initial_particles
+        ``(N, *event_shape)`` particles at ``t = 1``.
+    initial_log_weights
+        ``(N,)`` log-weights of the particles **relative to prior draws**,
+        ``log N(x; 0, I) − log q(x)`` up to a constant for particles drawn from ``q``
+        (docs/algorithms.md §5): ``None`` or zeros for prior draws, ``−r_init(x)/α_init`` for
+        draws from ``π_init`` (the initial stages of :mod:`psijax.align.stages` return them).
+        The SMC adds its own initial potential ``λ_0·r(x̂0(x, 1))/α``.
+    grid
+        Concrete times ``1 = t_0 > … > t_T = 0``, ``T ≥ 1``.
+    diffusion
+        The sampler's :class:`psijax.flows.sde.Diffusion` (the untwisted kernel ``p``).
+    proposal
+        A proposal of :mod:`psijax.align.proposals` (default ``Twisted()``) or any callable
+        ``(rng_key, ProposalInputs) -> (x', log_p_minus_q)``.
+    potential
+        A :class:`psijax.smc.potentials.Potential` (default ``Difference()``; ``Max()``,
+        ``Sum()``, ``Current()``, or a user's subclass).
+    schedule
+        ``None`` (``λ ≡ 1``) or a concrete array of ``T + 1`` values in ``[0, 1]`` with
+        ``λ_T = 1`` (tempering; the proposal of step ``i`` uses ``λ_{i+1}``).
+    resampling
+        A scheme name of :func:`psijax.smc.resampling.get_scheme` or a scheme callable.
+    ess_threshold
+        ``κ ∈ [0, 1]``: resample when ``ESS ≤ κN``.
+    resample_every
+        ``F >= 1``: resample only at steps ``0, F, 2F, …``.
+    num_resampled
+        ``None`` or ``M`` in ``[2, N]``: partial resampling of the ``M`` lightest and heaviest
+        particles (:func:`psijax.smc.weights.resample_if_needed`).
+    mesh
+        A :class:`jax.sharding.Mesh` to shard the particles over (``N`` a multiple of its
+        device count), or ``None`` (:mod:`psijax.smc.sharding`).
+
+    Returns
+    -------
+    :class:`AlignmentResult`
+        With ``info`` an :class:`~psijax.smc.feynman_kac.SMCInfo` whose ``proposal_info`` is
+        the ``(T,)`` model evaluations of each step; ``log_normalizer`` estimates ``log Z`` for
+        prior draws and ``log(Z/Z_init)`` for draws from ``π_init``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the invalid argument (checked before anything runs).
+
+    """
+    check_problem(problem)
+    check_diffusion(diffusion)
+    proposal = check_proposal(_part(proposal, PROPOSALS, Twisted, "proposal"))
+    potential = _part(potential, POTENTIALS, Difference, "potential")
+    if not isinstance(potential, Potential):
+        raise TypeError(
+            "`potential` must be a psijax.smc.potentials.Potential (Difference(), Max(), Sum(), "
+            f"Current() or a subclass), got {potential!r}."
+        )
+    check_int(resample_every, "resample_every")
+    if num_resampled is not None:
+        check_int(num_resampled, "num_resampled", 2)
+    resampler = AdaptiveResampling(resampling, ess_threshold, resample_every, num_resampled)
+    times = denoising_grid(None, grid)
+    num_steps = times.shape[0] - 1
+    lambdas = _checked_schedule(schedule, num_steps)
+
+    x = jnp.asarray(initial_particles)
+    event_shape = tuple(problem.event_shape)
+    if x.ndim != 1 + len(event_shape) or x.shape[1:] != event_shape or x.shape[0] < 1:
+        raise ValueError(
+            f"`initial_particles` must have shape (N, *{event_shape}) with N >= 1, got {x.shape}."
+        )
+    n = x.shape[0]
+    check_divisible(check_mesh(mesh), n, "num_particles")
+    if num_resampled is not None and num_resampled > n:
+        raise ValueError(f"`num_resampled` must be an int in [2, {n}], got {num_resampled}.")
+    dtype = jnp.result_type(jnp.float32, x.dtype)
+    if initial_log_weights is None:
+        initial_log_weights = jnp.zeros((n,), dtype)
+    log_w0 = jnp.asarray(initial_log_weights)
+    if log_w0.shape != (n,):
+        raise ValueError(f"`initial_log_weights` must have shape ({n},), got {log_w0.shape}.")
+
+    x = constrain(x.astype(dtype), mesh)
+    times = jnp.asarray(times, dtype)
+    lambdas = jnp.asarray(lambdas, dtype)
+    alpha = jnp.asarray(problem.alpha, dtype)
+    potential_and_grad = map_particles(problem.potential_and_grad, mesh, in_axes=(0, None))
+    reward = map_particles(problem.reward, mesh)
+
+    def evaluate(xs, t):
+        """The :class:`Cache` of the particles at time ``t`` and the NFE it cost."""
+        r, g, v, nfe = potential_and_grad(xs, t)
+        r, g, bad = _sanitize_potential(r.astype(dtype), g.astype(dtype))
+        return Cache(r, g, v.astype(dtype), bad), jnp.sum(nfe)
+
+    def propose(final: bool):
+        """The FK proposal: move ``x`` with ``proposal``, then evaluate at ``x'``."""
+
+        def move(key, particles, inputs):
+            xs, cache, path = particles
+            t, t_next, _, lam_next = inputs
+            trans = jax.vmap(
+                transition_from_velocity,
+                in_axes=(0, 0, None, None, None),
+                out_axes=Transition(0, None),  # σ depends on the times only
+            )(xs, cache.velocity, t, t_next, diffusion)
+            step = ProposalInputs(
+                xs,
+                trans.mean.astype(dtype),
+                trans.std.astype(dtype),
+                lam_next * cache.grad / alpha,
+                cache.reward,
+                t,
+                t_next,
+            )
+            x_next, log_p_minus_q = proposal(key, step)
+            if final:  # t' = 0: the exact reward, no model call
+                r_next = reward(x_next).astype(dtype)
+                bad_next = ~jnp.isfinite(r_next)
+                new = cache._replace(reward=jnp.where(bad_next, 0.0, r_next), bad=bad_next)
+                nfe = jnp.zeros((), jnp.int32)
+            else:
+                new, nfe = evaluate(x_next, t_next)
+            return (x_next, new, path), log_p_minus_q, nfe
+
+        return move
+
+    def reweight(final: bool):
+        """The FK potential: ``log G`` from the log-twists ``s = λ r/α`` of both ends."""
+
+        def weigh(particles, moved, inputs):
+            _, cache, path = particles
+            x_next, new, _ = moved
+            log_g, new_path = potential.update(path, inputs[3] * new.reward / alpha, final)
+            log_g = jnp.where(new.bad | cache.bad, -jnp.inf, log_g)
+            return (x_next, new, new_path), log_g
+
+        return weigh
+
+    cache0, nfe0 = evaluate(x, times[0])
+    log_g0, path0 = potential.init(lambdas[0] * cache0.reward / alpha)
+    log_w = sanitize(jnp.where(cache0.bad, -jnp.inf, log_w0.astype(dtype) + log_g0))
+    state = feynman_kac.init((x, cache0, path0), log_w, mesh)
+    inputs = (times[:-1], times[1:], lambdas[:-1], lambdas[1:])
+    state, info = feynman_kac.run(
+        rng_key,
+        state,
+        inputs,
+        propose(final=False),
+        reweight(final=False),
+        resampler,
+        final_proposal=propose(final=True),
+        final_potential=reweight(final=True),
+        mesh=mesh,
+    )
+    xs, cache, _ = state.particles
+    rewards = jnp.where(cache.bad, jnp.nan, cache.reward)
+    nfe = (nfe0 + jnp.sum(info.proposal_info)).astype(jnp.int32)
+    log_weights = normalized_log_weights(state.log_weights)
+    return AlignmentResult(xs, log_weights, rewards, state.log_normalizer, nfe, info)
+
+
+# ----------------------------------------------------------------------------------------------
+# Private helpers
+# ----------------------------------------------------------------------------------------------
+def _part(value, table: dict, default, name: str):
+    """The part ``value``: ``None`` is ``default()``; a name of ``table`` is a deprecated alias."""
+    if value is None:
+        return default()
+    if isinstance(value, str):
+        if value not in table:
+            raise ValueError(f"`{name}` must be one of {tuple(table)} or a part, got {value!r}.")
+        deprecated(f"{name}={value!r}", f"{name}={table[value].__name__}()", stacklevel=4)
+        return table[value]()
+    return value
+
+
+def _sanitize_potential(r, grad):
+    """Zero the reward and gradient of a particle whose reward or gradient is non-finite and
+    flag it (its log-weight becomes ``−inf``): ``(r, grad, bad)``."""
+    axes = tuple(range(1, grad.ndim))
+    bad = ~jnp.isfinite(r) | ~jnp.all(jnp.isfinite(grad), axis=axes)
+    expand = bad.reshape(bad.shape + (1,) * len(axes))
+    return jnp.where(bad, 0.0, r), jnp.where(expand, 0.0, grad), bad
+
+
+def _checked_schedule(schedule, num_steps: int) -> np.ndarray:
+    if schedule is None:
+        return np.ones(num_steps + 1)
+    try:
+        lambdas = concrete_value(schedule, np.float64)
+    except (TypeError, ValueError):
+        raise TypeError("`schedule` must be an array of numbers.") from None
+    if lambdas is None:
+        raise ValueError("`schedule` must be concrete (not traced).")
+    if lambdas.shape != (num_steps + 1,):
+        raise ValueError(
+            f"`schedule` must have shape ({num_steps + 1},) (one λ per grid time), "
+            f"got {lambdas.shape}."
+        )
+    if not (np.all(lambdas >= 0.0) and np.all(lambdas <= 1.0)):
+        raise ValueError("`schedule` values must lie in [0, 1].")
+    if lambdas[-1] != 1.0:
+        raise ValueError(f"`schedule` must end at λ_T = 1 (the target p*), got {lambdas[-1]}.")
+    return lambdas
