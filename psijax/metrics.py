@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax.types import Array, ArrayLike, PRNGKey
 
-from psijax._checks import concrete_value
+from psijax._checks import check_int, check_real, concrete_value
 from psijax._tree import accumulation_dtype
 
 __all__ = [
@@ -119,8 +119,7 @@ def mmd(
         scales = jnp.asarray(bandwidth)
         if scales.ndim > 1 or scales.size == 0:
             raise ValueError(f"`bandwidth` must be a float or a 1D sequence, got {bandwidth!r}.")
-        if not _is_traced(scales) and not np.all(np.asarray(scales) > 0):
-            raise ValueError(f"`bandwidth` must be > 0, got {bandwidth!r}.")
+        check_real(scales, "bandwidth", gt=0.0, scalar=False)
         scales = jnp.atleast_1d(scales)
     u_statistic, v_statistic = _mmd(x, y, w, v, scales, block_size=block_size)
     return v_statistic if biased else u_statistic
@@ -583,14 +582,14 @@ def _normalize(weights: Array | None, n: int, dtype) -> Array:
 
 
 def _check_block_size(block_size: int) -> None:
-    if not block_size >= 1:
-        raise ValueError(f"`block_size` must be >= 1, got {block_size!r}.")
+    check_int(block_size, "block_size")
 
 
 def _check_p(p) -> float:
-    if _is_traced(p) or not p >= 1:
-        raise ValueError(f"`p` must be a Python number >= 1, got {p!r}.")
-    return float(p)
+    value = check_real(p, "p", ge=1.0)
+    if value is None:
+        raise ValueError(f"`p` must be a concrete number >= 1 (not traced), got {p!r}.")
+    return value
 
 
 def _two_samples(x, y, x_weights, y_weights, need_pairs: bool):

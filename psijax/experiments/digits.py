@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from psijax._checks import check_int
+from psijax._checks import check_int, check_real
 from psijax.align import SAMPLERS, Custom, FlowMap, RewardProblem
 from psijax.experiments.methods import Method, parse_method, sampler_options
 from psijax.experiments.methods import default_methods as _all_methods
@@ -169,8 +169,8 @@ def make_task(name: str, target, alpha: float | None = None) -> Task:
     if name not in TASKS:
         raise ValueError(f"`task` must be one of {TASKS}, got {name!r}.")
     alpha = DEFAULT_ALPHA[name] if alpha is None else alpha
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
-        raise ValueError(f"`alpha` must be a finite number > 0, got {alpha!r}.")
+    if check_real(alpha, "alpha", gt=0.0) is None:
+        raise ValueError("`alpha` must be concrete (not traced).")
     if name == "class":
         value = _as_digit(target)
         return Task(name, value, float(alpha), np.int32(value))

@@ -16,7 +16,6 @@ of Î¨-Sampler non-trivial for exact (non-distilled) models (docs/algorithms.md Â
 report the exact number of velocity evaluations (NFE) they made.
 """
 
-import numbers
 from typing import Callable
 
 import diffrax
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax.types import Array, ArrayLike, ArrayLikeTree, ArrayTree
 
-from psijax._checks import concrete_value
+from psijax._checks import check_int, check_real, concrete_value
 from psijax._tree import accumulation_dtype
 from psijax.flows.sde import check_grid
 
@@ -70,16 +69,6 @@ def _check_solver(solver) -> None:
         )
 
 
-def _check_positive(value, name: str, integer: bool = False) -> None:
-    if integer:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"`{name}` must be an int >= 1, got {type(value).__name__}.")
-        if value < 1:
-            raise ValueError(f"`{name}` must be an int >= 1, got {value}.")
-    elif not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"`{name}` must be a number > 0, got {value!r}.")
-
-
 def _check_time(value, name: str) -> None:
     t = concrete_value(value, np.float64)
     if t is None:
@@ -105,11 +94,11 @@ def _diffeqsolve(
     solver = diffrax.Tsit5() if solver is None else solver
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
     _check_solver(solver)
-    _check_positive(rtol, "rtol")
-    _check_positive(atol, "atol")
-    _check_positive(max_steps, "max_steps", integer=True)
-    if dt0 is not None:
-        _check_positive(dt0, "dt0")
+    checked = (("rtol", rtol), ("atol", atol)) + ((("dt0", dt0),) if dt0 is not None else ())
+    for name, value in checked:
+        if check_real(value, name, gt=0.0) is None:
+            raise ValueError(f"`{name}` must be concrete (not traced).")
+    check_int(max_steps, "max_steps")
     _check_time(t_start, "t_start")
     _check_time(t_end, "t_end")
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax.types import Array, ArrayLike, ArrayLikeTree, ArrayTree, PRNGKey
 
-from psijax._checks import check_int, concrete_value
+from psijax._checks import check_int, check_real, concrete_value
 from psijax._tree import accumulation_dtype, tree_normal, tree_sq_norm
 from psijax.flows.interpolant import _uniform_grid_f64
 
@@ -90,14 +90,7 @@ def linear_diffusion(eta: float) -> Diffusion:
 
     ``η = 0`` is the ODE. The noise added per step is largest at the noise end.
     """
-    value = concrete_value(eta)
-    if value is not None:
-        if value.dtype == object or not (
-            np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)
-        ):
-            raise TypeError(f"`eta` must be a real number, got {type(eta).__name__}.")
-        if value.shape != () or not (np.isfinite(value) and value >= 0):
-            raise ValueError(f"`eta` must be a finite scalar >= 0, got {eta!r}.")
+    value = check_real(eta, "eta", ge=0.0)
 
     def coefficient(t):
         return eta * t

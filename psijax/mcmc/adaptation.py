@@ -19,6 +19,7 @@ from blackjax.base import AdaptationAlgorithm
 from blackjax.optimizers.dual_averaging import dual_averaging
 from blackjax.types import Array, ArrayLikeTree, PRNGKey
 
+from psijax._checks import check_real
 from psijax.mcmc.metropolis import check_step_size
 
 __all__ = ["AdaptationResults", "AdaptationInfo", "step_size_adaptation"]
@@ -105,10 +106,7 @@ def step_size_adaptation(
     acceptance statistic (the others pad the chains to a device count).
 
     """
-    if not 0.0 < float(target_acceptance_rate) < 1.0:
-        raise ValueError(
-            f"`target_acceptance_rate` must lie in (0, 1), got {target_acceptance_rate!r}."
-        )
+    check_real(target_acceptance_rate, "target_acceptance_rate", gt=0.0, lt=1.0)
     low, high = (float(b) for b in step_size_bounds)
     if not 0.0 < np.float32(low) < np.float32(high) < np.float32(4.0):  # distinct in float32
         raise ValueError(

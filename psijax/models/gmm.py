@@ -27,7 +27,7 @@ import numpy as np
 from blackjax.types import Array, ArrayLike, PRNGKey
 from jax.scipy.linalg import solve_triangular
 
-from psijax._checks import concrete_value
+from psijax._checks import check_real, concrete_value
 
 __all__ = ["GaussianMixture", "WEIGHT_TOLERANCE"]
 
@@ -309,8 +309,7 @@ def _check_tilt(center, precision, alpha, d):
         raise ValueError(f"`precision` must have shape ({d}, {d}), got {precision.shape}.")
     if not _is_concrete(precision, alpha):
         return
-    if not np.all(np.asarray(alpha) > 0):
-        raise ValueError(f"`alpha` must be > 0, got {alpha!r}.")
+    check_real(alpha, "alpha", gt=0.0, scalar=False)
     a = np.asarray(precision, np.float64)
     scale = max(np.max(np.abs(a)), 1e-30)
     if not np.all(np.isfinite(a)) or np.any(np.abs(a - a.T) > 1e-5 * scale):

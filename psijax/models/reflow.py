@@ -244,8 +244,9 @@ def load_reflow(name: str) -> tuple[Callable, dict, ReflowConfig]:
     ``"six_modes"`` (the equal-weight ring) and ``"unequal_six_modes"`` (weights 0.30 … 0.05,
     the data of the ``unequal_rare_modes`` preset). Each was trained by
     ``benchmarks/train_reflow.py --data <name> --seed 0`` (3,000 Adam steps on 16,384 exact
-    flow-map pairs; about 20 s on 2 CPU cores). Returns ``(velocity_fn, params, config)``; the
-    file's sha256 is checked against :data:`SHIPPED`.
+    flow-map pairs; the runs are in ``benchmarks/results/reflow_six_modes.md`` and
+    ``benchmarks/results/reflow_unequal_six_modes.md``). Returns ``(velocity_fn, params,
+    config)``; the file's sha256 is checked against :data:`SHIPPED`.
 
     Raises
     ------

@@ -43,25 +43,33 @@ def read_tensors(
 ) -> dict[str, jax.Array]:
     """Load every tensor of a safetensors checkpoint (one file or a sharded directory).
 
-    Args:
-        path: a ``.safetensors`` file, a ``*.safetensors.index.json`` file, a directory with an
-            index or exactly one ``.safetensors`` file, or a diffusers pipeline root (read from
-            its ``transformer/`` subfolder).
-        dtype: if given, floating-point tensors are cast to it (e.g. ``jnp.bfloat16``) as they
-            are loaded; integer and boolean tensors are kept.
-        host: return numpy arrays (bfloat16 via ``ml_dtypes``) in host memory instead of jax
-            arrays on the default device — for rearranging a large checkpoint before one
-            transfer.
+    Parameters
+    ----------
+    path
+        A ``.safetensors`` file, a ``*.safetensors.index.json`` file, a directory with an
+        index or exactly one ``.safetensors`` file, or a diffusers pipeline root (read from
+        its ``transformer/`` subfolder).
+    dtype
+        If given, floating-point tensors are cast to it (e.g. ``jnp.bfloat16``) as they
+        are loaded; integer and boolean tensors are kept.
+    host
+        Return numpy arrays (bfloat16 via ``ml_dtypes``) in host memory instead of jax
+        arrays on the default device — for rearranging a large checkpoint before one
+        transfer.
 
-    Returns:
-        ``{name: array}`` sorted by name, dtypes as stored (bfloat16 included) unless cast.
+    Returns
+    -------
+    ``{name: array}`` sorted by name, dtypes as stored (bfloat16 included) unless cast.
 
-    Raises:
-        FileNotFoundError: ``path`` or a shard listed in the index does not exist, or a
-            directory holds no checkpoint.
-        ValueError: a file that is not a valid (or is a truncated) safetensors file, a malformed
-            index, shards that disagree with their index, a tensor name in two shards, or a
-            directory with several ``.safetensors`` files and no index.
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` or a shard listed in the index does not exist, or a
+        directory holds no checkpoint.
+    ValueError
+        A file that is not a valid (or is a truncated) safetensors file, a malformed
+        index, shards that disagree with their index, a tensor name in two shards, or a
+        directory with several ``.safetensors`` files and no index.
     """
     cast = _check_dtype(dtype)
     framework = "numpy" if host else "flax"
@@ -195,19 +203,25 @@ def write_tensors(
 
     Tensors are written in sorted name order; arrays may be JAX or numpy (bfloat16 included).
 
-    Args:
-        tensors: the flat dict to save.
-        path: a path ending in ``.safetensors`` writes that one file. Any other path is a
-            directory (created if needed) that receives ``model-00001-of-0000N.safetensors``,
-            ... and ``model.safetensors.index.json`` (``weight_map`` and
-            ``metadata.total_size``), which :func:`read_tensors` reads back.
-        max_shard_bytes: the largest shard size in tensor bytes (directory output only); a
-            tensor larger than that gets a shard of its own. ``None`` writes a single shard.
-        metadata: ``{str: str}`` stored in the header of every file written (and added to the
-            index's ``metadata``).
+    Parameters
+    ----------
+    tensors
+        The flat dict to save.
+    path
+        A path ending in ``.safetensors`` writes that one file. Any other path is a
+        directory (created if needed) that receives ``model-00001-of-0000N.safetensors``,
+        ... and ``model.safetensors.index.json`` (``weight_map`` and
+        ``metadata.total_size``), which :func:`read_tensors` reads back.
+    max_shard_bytes
+        The largest shard size in tensor bytes (directory output only); a
+        tensor larger than that gets a shard of its own. ``None`` writes a single shard.
+    metadata
+        ``{str: str}`` stored in the header of every file written (and added to the
+        index's ``metadata``).
 
-    Returns:
-        The paths written: the file, or the shards followed by the index.
+    Returns
+    -------
+    The paths written: the file, or the shards followed by the index.
     """
     if not isinstance(tensors, Mapping):
         raise TypeError(f"`tensors` must be a mapping {{name: array}}, got {type(tensors)}.")

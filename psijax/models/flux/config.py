@@ -22,20 +22,34 @@ __all__ = ["FluxConfig", "PRESETS", "preset"]
 class FluxConfig:
     """The hyper-parameters of a FLUX transformer (hashable, so usable as a static argument).
 
-    Attributes:
-        in_channels: channels of a packed image token (64 = 16 latent channels × 2 × 2).
-        out_channels: channels of the predicted velocity per token.
-        vec_in_dim: width of the pooled text vector (CLIP-L: 768).
-        context_in_dim: width of the text hidden states (T5-XXL: 4096).
-        hidden_size: model width; ``num_heads · head_dim``.
-        mlp_ratio: MLP width over ``hidden_size``.
-        num_heads: attention heads.
-        depth: double-stream blocks.
-        depth_single_blocks: single-stream blocks.
-        axes_dim: RoPE widths of the three id axes; their sum is the head dim.
-        theta: RoPE base.
-        qkv_bias: whether the qkv projections have a bias.
-        guidance_embed: whether a guidance value is embedded (FLUX-dev).
+    Attributes
+    ----------
+    in_channels
+        Channels of a packed image token (64 = 16 latent channels × 2 × 2).
+    out_channels
+        Channels of the predicted velocity per token.
+    vec_in_dim
+        Width of the pooled text vector (CLIP-L: 768).
+    context_in_dim
+        Width of the text hidden states (T5-XXL: 4096).
+    hidden_size
+        Model width; ``num_heads · head_dim``.
+    mlp_ratio
+        MLP width over ``hidden_size``.
+    num_heads
+        Attention heads.
+    depth
+        Double-stream blocks.
+    depth_single_blocks
+        Single-stream blocks.
+    axes_dim
+        RoPE widths of the three id axes; their sum is the head dim.
+    theta
+        RoPE base.
+    qkv_bias
+        Whether the qkv projections have a bias.
+    guidance_embed
+        Whether a guidance value is embedded (FLUX-dev).
     """
 
     in_channels: int = 64

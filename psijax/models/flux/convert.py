@@ -138,14 +138,19 @@ def _rules(num_double: int, num_single: int) -> list[_Rule]:
 def strip_prefix(tensors: Mapping[str, Any]) -> dict[str, Any]:
     """Remove :data:`PREFIX` (``"model.diffusion_model."``) from every key, if present.
 
-    Args:
-        tensors: a flat ``{name: array}`` dict.
+    Parameters
+    ----------
+    tensors
+        A flat ``{name: array}`` dict.
 
-    Returns:
-        A new dict: keys stripped when every key carries the prefix, unchanged when none does.
+    Returns
+    -------
+    A new dict: keys stripped when every key carries the prefix, unchanged when none does.
 
-    Raises:
-        ValueError: when some keys carry the prefix and others do not.
+    Raises
+    ------
+    ValueError
+        When some keys carry the prefix and others do not.
     """
     tensors = _check_mapping(tensors)
     with_prefix = [k for k in tensors if k.startswith(PREFIX)]
@@ -168,11 +173,15 @@ def detect_layout(keys: Iterable[str]) -> str:
     double blocks, ``img_in.weight``; diffusers by ``transformer_blocks.0.attn.to_q.weight`` or
     ``x_embedder.weight``.
 
-    Args:
-        keys: tensor names (a dict of tensors works too).
+    Parameters
+    ----------
+    keys
+        Tensor names (a dict of tensors works too).
 
-    Raises:
-        ValueError: when neither layout's keys (or both layouts' keys) are present.
+    Raises
+    ------
+    ValueError
+        When neither layout's keys (or both layouts' keys) are present.
     """
     keys = set(keys)
     markers = {
@@ -197,18 +206,23 @@ def detect_layout(keys: Iterable[str]) -> str:
 def diffusers_to_bfl(tensors: Mapping[str, Any]) -> dict[str, Any]:
     """Rename and fuse a diffusers-layout FLUX state dict into the BFL layout.
 
-    Args:
-        tensors: ``{name: array}`` in diffusers names and torch layout (numpy or JAX arrays).
+    Parameters
+    ----------
+    tensors
+        ``{name: array}`` in diffusers names and torch layout (numpy or JAX arrays).
 
-    Returns:
-        ``{name: array}`` in BFL names, in the order of the conversion table. Fused tensors are
-        row concatenations (``qkv = [q; k; v]``, ``linear1 = [q; k; v; mlp]``) and the final
-        modulation's halves are swapped to ``(shift; scale)``; everything else is passed
-        through untouched.
+    Returns
+    -------
+    ``{name: array}`` in BFL names, in the order of the conversion table. Fused tensors are
+    row concatenations (``qkv = [q; k; v]``, ``linear1 = [q; k; v; mlp]``) and the final
+    modulation's halves are swapped to ``(shift; scale)``; everything else is passed
+    through untouched.
 
-    Raises:
-        ValueError: on tensors the table does not know, a fused group with a member missing,
-            or members whose shapes or dtypes do not stack.
+    Raises
+    ------
+    ValueError
+        On tensors the table does not know, a fused group with a member missing,
+        or members whose shapes or dtypes do not stack.
     """
     tensors = _check_mapping(tensors)
     rules = _rules(_depth(tensors, _DOUBLE_PREFIX[1]), _depth(tensors, _SINGLE_PREFIX[1]))
@@ -241,15 +255,20 @@ def bfl_to_diffusers(tensors: Mapping[str, Any]) -> dict[str, Any]:
     blocks; a single block's ``linear1`` splits into ``h, h, h`` rows and the rest, where ``h``
     is the row count of that block's ``linear2.weight``.
 
-    Args:
-        tensors: ``{name: array}`` in BFL names and torch layout (numpy or JAX arrays).
+    Parameters
+    ----------
+    tensors
+        ``{name: array}`` in BFL names and torch layout (numpy or JAX arrays).
 
-    Returns:
-        ``{name: array}`` in diffusers names, in the order of the conversion table.
+    Returns
+    -------
+    ``{name: array}`` in diffusers names, in the order of the conversion table.
 
-    Raises:
-        ValueError: on tensors the table does not know, a missing ``linear2.weight`` needed to
-            split ``linear1``, or row counts that do not split.
+    Raises
+    ------
+    ValueError
+        On tensors the table does not know, a missing ``linear2.weight`` needed to
+        split ``linear1``, or row counts that do not split.
     """
     tensors = _check_mapping(tensors)
     rules = _rules(_depth(tensors, _DOUBLE_PREFIX[0]), _depth(tensors, _SINGLE_PREFIX[0]))
@@ -283,9 +302,12 @@ def convert(tensors: Mapping[str, Any], layout: str = BFL) -> dict[str, Any]:
 
     Strips :data:`PREFIX`, detects the input layout and converts when it differs.
 
-    Args:
-        tensors: ``{name: array}`` in torch layout.
-        layout: the target layout, :data:`BFL` (default) or :data:`DIFFUSERS`.
+    Parameters
+    ----------
+    tensors
+        ``{name: array}`` in torch layout.
+    layout
+        The target layout, :data:`BFL` (default) or :data:`DIFFUSERS`.
     """
     if layout not in (BFL, DIFFUSERS):
         raise ValueError(f"`layout` must be {BFL!r} or {DIFFUSERS!r}, got {layout!r}.")

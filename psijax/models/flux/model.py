@@ -58,23 +58,29 @@ TIME_FACTOR = 1000.0
 class FluxOptions:
     """How to execute a :class:`Flux` forward pass (hashable: a static argument).
 
-    Attributes:
-        path: ``"fast"`` (prepared conditioning, scanned blocks) or ``"reference"`` (unrolled,
-            float32, plain XLA attention; for checking).
-        dtype: compute dtype of the activations and matmuls on the fast path (``jnp.float32``
-            or ``jnp.bfloat16``). The output is always float32.
-        remat: rematerialize each block in the backward pass (fast path): memory of one block's
-            activations instead of all of them, for one extra forward.
-        attention: fast path only. ``"xla"`` and ``"cudnn"``: ``jax.nn.dot_product_attention``
-            with that implementation (cuDNN: flash attention, NVIDIA GPU, 16-bit ``dtype``);
-            ``"recompute"``: :func:`~psijax.models.flux.layers.recompute_attention`, XLA ops
-            whose backward recomputes the ``L × L`` probabilities instead of storing them (0.70×
-            the CPU time of ``"xla"`` for a batched value-and-gradient of tiny64). ``"auto"``
-            (default): ``"cudnn"`` for a 16-bit ``dtype`` on an NVIDIA GPU (0.65× diffusers'
-            forward time at FLUX's width on an H100, where ``"recompute"`` takes 1.27× and
-            ``"xla"`` 1.09×), else ``"recompute"``; decided when the call is traced.
-        bf16_timesteps: reproduce the official bf16 pipelines, which round ``t`` and then
-            ``1000·t`` (and the guidance likewise) to bfloat16 before embedding them.
+    Attributes
+    ----------
+    path
+        ``"fast"`` (prepared conditioning, scanned blocks) or ``"reference"`` (unrolled,
+        float32, plain XLA attention; for checking).
+    dtype
+        Compute dtype of the activations and matmuls on the fast path (``jnp.float32``
+        or ``jnp.bfloat16``). The output is always float32.
+    remat
+        Rematerialize each block in the backward pass (fast path): memory of one block's
+        activations instead of all of them, for one extra forward.
+    attention
+        Fast path only. ``"xla"`` and ``"cudnn"``: ``jax.nn.dot_product_attention``
+        with that implementation (cuDNN: flash attention, NVIDIA GPU, 16-bit ``dtype``);
+        ``"recompute"``: :func:`~psijax.models.flux.layers.recompute_attention`, XLA ops
+        whose backward recomputes the ``L × L`` probabilities from the saved log-sum-exp
+        instead of storing them. ``"auto"`` (default): ``"cudnn"`` for a 16-bit ``dtype`` on
+        an NVIDIA GPU, else ``"recompute"``; decided when the call is traced. The choice rests
+        on ``benchmarks/results/flux_forward.md`` (CPU) and ``benchmarks/results/flux_gpu.md``
+        (H100), which measure each option against diffusers.
+    bf16_timesteps
+        Reproduce the official bf16 pipelines, which round ``t`` and then
+        ``1000·t`` (and the guidance likewise) to bfloat16 before embedding them.
     """
 
     path: str = "fast"
@@ -159,11 +165,15 @@ def _per_block(stacked, fn):
 class Flux(nnx.Module):
     """The FLUX.1 MMDiT. Call it like BFL's ``Flux.forward``; see the module docstring.
 
-    Args:
-        config: the architecture.
-        rngs: initialisation randomness (weights ~ N(0, 1/fan_in), zero biases, unit norms);
-            a model meant for loading is best built abstractly, as :func:`load_weights` does.
-        param_dtype: storage dtype of the parameters (float32 or bfloat16).
+    Parameters
+    ----------
+    config
+        The architecture.
+    rngs
+        Initialisation randomness (weights ~ N(0, 1/fan_in), zero biases, unit norms);
+        a model meant for loading is best built abstractly, as :func:`load_weights` does.
+    param_dtype
+        Storage dtype of the parameters (float32 or bfloat16).
     """
 
     def __init__(self, config: FluxConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
@@ -292,18 +302,28 @@ class Flux(nnx.Module):
     ) -> Array:
         """The velocity ``v = ε − x0`` of packed image tokens.
 
-        Args:
-            img: packed latents ``(B, L, in_channels)``.
-            img_ids: ``(L, 3)`` or ``(B, L, 3)`` positions ``[0, row, col]``.
-            txt: text hidden states ``(B, Lt, context_in_dim)``.
-            txt_ids: ``(Lt, 3)`` or ``(B, Lt, 3)`` (zeros for FLUX).
-            timesteps: ``(B,)`` times in ``[0, 1]`` (not ×1000).
-            y: pooled text vectors ``(B, vec_in_dim)``.
-            guidance: ``(B,)`` guidance values for a ``guidance_embed`` model, else ``None``.
-            options: :class:`FluxOptions`.
+        Parameters
+        ----------
+        img
+            Packed latents ``(B, L, in_channels)``.
+        img_ids
+            ``(L, 3)`` or ``(B, L, 3)`` positions ``[0, row, col]``.
+        txt
+            Text hidden states ``(B, Lt, context_in_dim)``.
+        txt_ids
+            ``(Lt, 3)`` or ``(B, Lt, 3)`` (zeros for FLUX).
+        timesteps
+            ``(B,)`` times in ``[0, 1]`` (not ×1000).
+        y
+            Pooled text vectors ``(B, vec_in_dim)``.
+        guidance
+            ``(B,)`` guidance values for a ``guidance_embed`` model, else ``None``.
+        options
+            :class:`FluxOptions`.
 
-        Returns:
-            ``(B, L, out_channels)`` float32.
+        Returns
+        -------
+        ``(B, L, out_channels)`` float32.
         """
         self._check_inputs(img, img_ids, txt, txt_ids, y)
         if options.path == "fast":

@@ -28,15 +28,22 @@ __all__ = ["FluxConditioning", "conditioning", "to_velocity_fn"]
 class FluxConditioning(NamedTuple):
     """What a FLUX velocity is conditioned on, for one sample (no batch axis).
 
-    Attributes:
-        txt: text hidden states ``(Lt, context_in_dim)`` (T5-XXL for FLUX).
-        txt_ids: text position ids ``(Lt, 3)`` (zeros for FLUX).
-        y: pooled text vector ``(vec_in_dim,)`` (CLIP-L for FLUX).
-        img_ids: ids of the packed token grid ``(L, 3)`` (:func:`~.packing.image_ids`).
-        guidance: the distilled guidance scale (scalar) of a ``guidance_embed`` model, else
-            ``None``.
-        img_cond: extra per-token input channels ``(L, in_channels − out_channels)``
-            concatenated after ``x`` (FLUX fill/depth/canny), else ``None``.
+    Attributes
+    ----------
+    txt
+        Text hidden states ``(Lt, context_in_dim)`` (T5-XXL for FLUX).
+    txt_ids
+        Text position ids ``(Lt, 3)`` (zeros for FLUX).
+    y
+        Pooled text vector ``(vec_in_dim,)`` (CLIP-L for FLUX).
+    img_ids
+        Ids of the packed token grid ``(L, 3)`` (:func:`~.packing.image_ids`).
+    guidance
+        The distilled guidance scale (scalar) of a ``guidance_embed`` model, else
+        ``None``.
+    img_cond
+        Extra per-token input channels ``(L, in_channels − out_channels)``
+        concatenated after ``x`` (FLUX fill/depth/canny), else ``None``.
     """
 
     txt: Array
@@ -117,11 +124,15 @@ def _velocity(graphdef, options, state, cond: FluxConditioning, x, t) -> Array:
 def to_velocity_fn(model: Flux, cond: FluxConditioning, options: FluxOptions | None = None):
     """``velocity_fn(x, t)`` of ``model`` under ``cond``: ``(L, out_channels)`` in and out, float32.
 
-    Args:
-        model: a :class:`Flux`.
-        cond: its conditioning (:func:`conditioning`); checked against the model's config.
-        options: execution options (:class:`FluxOptions`): fast path by default; bfloat16,
-            remat and cuDNN attention for large models.
+    Parameters
+    ----------
+    model
+        A :class:`Flux`.
+    cond
+        Its conditioning (:func:`conditioning`); checked against the model's config.
+    options
+        Execution options (:class:`FluxOptions`): fast path by default; bfloat16,
+        remat and cuDNN attention for large models.
     """
     if not isinstance(model, Flux):
         raise TypeError(f"`model` must be a Flux, got {type(model).__name__}.")

@@ -218,18 +218,26 @@ def load_weights(
 ) -> Flux:
     """Load a FLUX checkpoint: a BFL ``.safetensors`` file or a diffusers (sharded) folder.
 
-    Args:
-        path: a ``.safetensors`` file; a folder with one, or with shards and their
-            ``*.safetensors.index.json``; or a diffusers pipeline folder (``transformer/``).
-        config: the architecture; inferred from the shapes when ``None`` (see
-            :func:`infer_config`).
-        axes_dim: RoPE widths when inferring a config whose head dim is not 128.
-        dtype: cast the parameters (e.g. ``jnp.bfloat16``); default keeps the file's dtypes.
+    Parameters
+    ----------
+    path
+        A ``.safetensors`` file; a folder with one, or with shards and their
+        ``*.safetensors.index.json``; or a diffusers pipeline folder (``transformer/``).
+    config
+        The architecture; inferred from the shapes when ``None`` (see
+        :func:`infer_config`).
+    axes_dim
+        RoPE widths when inferring a config whose head dim is not 128.
+    dtype
+        Cast the parameters (e.g. ``jnp.bfloat16``); default keeps the file's dtypes.
 
-    Raises:
-        FileNotFoundError: no such file, or a shard named in the index is missing.
-        ValueError: a corrupted file, an unknown layout, or tensors that do not match the
-            model (each missing, unexpected or mis-shaped key is named).
+    Raises
+    ------
+    FileNotFoundError
+        No such file, or a shard named in the index is missing.
+    ValueError
+        A corrupted file, an unknown layout, or tensors that do not match the
+        model (each missing, unexpected or mis-shaped key is named).
     """
     tensors = checkpoint.read_tensors(path, host=True)  # stacked on the host, moved once
     return from_tensors(tensors, config, axes_dim=axes_dim, dtype=dtype)
