@@ -61,8 +61,8 @@ target needs.
 
 **Ψ-Sampler never wins here, on the exact model nor on the reflow model.** With the exact
 model its initial stage is useless by construction: Tweedie `x̂0(x, 1)` is constant, so
-`π_init` is the prior and Ψ-Sampler is pCN chains on N(0, I) + SMC — its rows equal the `pcn`
-rows digit for digit — and it pays half the budget for them, running 20 particles where
+`π_init` is the prior and Ψ-Sampler is pCN chains on N(0, I) + SMC — its rows equal the
+`pcn_smc` rows digit for digit — and it pays half the budget for them, running 20 particles where
 prior-start SMC runs 40 (TV 0.194 vs 0.148 at B = 1000: 1.1 σ; 0.139 vs 0.102 at B = 4000).
 With the reflow model the one-step prediction is sharp and `π_init` is reward-aware, but it is
 multimodal in x1-space (one basin per rewarded mode) and 5 pCNL chains do not mix between the
@@ -71,21 +71,21 @@ through the sharp one-step map is steep at basin edges); the mode proportions ar
 ~5 chains and, with α_init = α, the SMC starts from uniform weights and cannot correct them.
 Ψ-Sampler is clearly behind prior-start SMC on the six-mode ring (TV 0.263 ± 0.039 vs 0.155 ±
 0.025, 2.3 σ; at B = 4000 0.211 vs 0.115, 2.1 σ) and level with it on the rare-mode preset
-(0.173 vs 0.169). The tempered-SMC initial stage (independent particles, no chains) fixes this
-once it has enough particles (reflow six modes at B = 4000: 0.113 ± 0.020 vs Ψ-Sampler's 0.211
-± 0.039), not at 20 (0.217).
+(0.173 vs 0.169). The tempered-SMC initial stage (`tempered_smc`: independent particles, no
+chains) fixes this once it has enough particles (reflow six modes at B = 4000: 0.084 ± 0.015 vs
+Ψ-Sampler's 0.211 ± 0.039, and MMD² 0.030 against DAS's 0.027), not at 20 (0.196).
 
 **The flow-map initial stage costs 16–24× the budget and buys nothing.** It makes `π_init`
 exact for the exact model, but Ψ-Sampler[flow_map] is not better than with Tweedie (six modes
-exact: 0.313 vs 0.194; rare modes: 0.122 vs 0.142) and tempered[flow_map] (0.168 on six modes
-exact) is still behind DAS at 1/17 of its cost: the chains still do not mix, and the SMC's
+exact: 0.313 vs 0.194; rare modes: 0.122 vs 0.142) and tempered_smc[flow_map] (0.208 on six
+modes exact) is still behind DAS at 1/17 of its cost: the chains still do not mix, and the SMC's
 Tweedie potential at t = 1 takes back the flow-map tilt in its first weights
 (docs/algorithms.md §5).
 
 **The rare-mode preset with the reflow model is limited by the model, not the sampler.** Its
 `SMC limit (IS)` row (MMD² 0.106, TV 0.067) is what every SMC method tends to with infinitely
 many particles: the stochastic sampler does not keep a reflowed model's marginals. At B = 4000
-SMC, TDS, DAS and the tempered start all sit at that floor (MMD² 0.110–0.120, TV 0.09–0.11)
+SMC, TDS, DAS and the tempered start all sit at that floor (MMD² 0.098–0.118, TV 0.09–0.11)
 and no method is distinguishable; at B = 1000 FK steering has the lowest TV (0.107 ± 0.013)
 because its potential concentrates on the highest-reward mode, which here holds 77 % of the
 target.
@@ -160,7 +160,7 @@ def _report(args, settings, summary, timings, blocks, elapsed) -> str:
         "repeats in the window [0.3, 0.7]). Equal NFE: prior starts, DPS and best-of-N get "
         "`N = B/25` particles, FreeDoM `B/(25 + 3·10)`, initial-stage methods split B 50/50 "
         "(Ψ-Sampler at B = 1000: 5 pCNL chains × (50 + 49 + 1) steps at h = 0.5, "
-        "α_init = α, then 20 particles × 25 steps). `tempered` is SMC from a tempered-SMC "
+        "α_init = α, then 20 particles × 25 steps). `tempered_smc` is SMC from a tempered-SMC "
         "initial stage (pCNL moves, 5 per temperature) with the same 20 particles; "
         "`[flow_map]` variants use the flow-map predictor (Tsit5, rtol = atol = 1e-3) in the "
         "initial stage with the same sizes, so their NFE column is their real cost"

@@ -52,14 +52,17 @@ def check_real(
     lt: float | None = None,
     le: float | None = None,
     scalar: bool = True,
+    concrete: bool = False,
 ) -> float | np.ndarray | None:
     """A finite real number (``scalar``) or array of them, within the given bounds.
 
     ``gt``/``ge`` bound it from below (strictly / not), ``lt``/``le`` from above. Returns the
     value as a float (an array when ``scalar=False``), or ``None`` when it is traced and cannot
-    be checked. A wrong kind of value is a ``TypeError``; a non-finite value, one out of range
-    or (``scalar``) one that is not a scalar, a ``ValueError``; both name the argument and the
-    allowed range, e.g. "`step_size` must be a finite real number in (0.0, 4.0), got 4.0."
+    be checked (with ``concrete=True`` a traced value is a ``ValueError`` instead: the value
+    is needed at build time). A wrong kind of value is a ``TypeError``; a non-finite value, one
+    out of range or (``scalar``) one that is not a scalar, a ``ValueError``; both name the
+    argument and the allowed range, e.g. "`step_size` must be a finite real number in
+    (0.0, 4.0), got 4.0."
     """
     allowed = (
         "a finite real number" + ("" if scalar else " (or array of them)") + _range(gt, ge, lt, le)
@@ -71,6 +74,8 @@ def check_real(
     except (TypeError, ValueError):
         raise TypeError(f"`{name}` must be {allowed}, got {value!r}.") from None
     if array is None:
+        if concrete:
+            raise ValueError(f"`{name}` must be concrete (not traced): {allowed}.")
         return None
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise TypeError(f"`{name}` must be {allowed}, got {value!r}.")

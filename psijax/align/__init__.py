@@ -21,28 +21,18 @@ Deprecated names (0.1, removed after 0.2; they warn): ``top_k``, ``ula``, ``mala
 from psijax._deprecation import deprecated as _deprecated
 from psijax.align.chains import Chains
 from psijax.align.denoising import run_smc
-from psijax.align.guidance import best_of_n, dps, freedom
 from psijax.align.predictors import Custom, FlowMap, Predictor, Tweedie
 from psijax.align.problem import RewardProblem, check_problem
 from psijax.align.proposals import Bootstrap, ProposalInputs, Twisted
 from psijax.align.result import AlignmentResult, SamplerInfo, best_sample
 from psijax.align.samplers import (
+    DEPRECATED_NAMES,
     SAMPLERS,
     NamedSampler,
     budget_layout,
-    das,
     das_schedule,
-    fk_steering,
     initial_stage,
-    mala_smc,
-    pcn_smc,
-    psi_sampler,
     register,
-    smc,
-    tds,
-    tempered_smc,
-    top_k_smc,
-    ula_smc,
     unregister,
 )
 from psijax.align.stages import InitialParticles, InitialStage, InitInfo, Prior, TopK
@@ -83,24 +73,12 @@ __all__ = [
     "best_sample",
     "run_smc",
     "das_schedule",
-    # the registry's samplers
-    "psi_sampler",
-    "smc",
-    "tds",
-    "das",
-    "fk_steering",
-    "top_k_smc",
-    "ula_smc",
-    "mala_smc",
-    "pcn_smc",
-    "tempered_smc",
-    "dps",
-    "freedom",
-    "best_of_n",
+    *SAMPLERS,  # the registry's samplers, each importable from here
 ]
 
-_RENAMED = {"top_k": "top_k_smc", "ula": "ula_smc", "mala": "mala_smc", "pcn": "pcn_smc"}
-_HALF_STEP = ("ula", "mala")  # 0.1 took h and ran at ε = h/2
+globals().update(SAMPLERS)  # every sampler of the registry, by name (psijax.align.tds, ...)
+
+_RENAMED = {old: new for old, new in DEPRECATED_NAMES.items() if old != "tempered"}
 
 
 def __getattr__(name: str):
@@ -115,11 +93,13 @@ def __getattr__(name: str):
 
 
 def _legacy_sampler(name: str):
+    from psijax.align.init import STEP_SCALE
+
     sampler = SAMPLERS[_RENAMED[name]]
 
     def legacy(rng_key, problem, **kwargs):
-        if name in _HALF_STEP and "step_size" in kwargs:
-            kwargs["step_size"] = kwargs["step_size"] / 2
+        if name in STEP_SCALE and "step_size" in kwargs:
+            kwargs["step_size"] = kwargs["step_size"] * STEP_SCALE[name]
         return sampler(rng_key, problem, **kwargs)
 
     legacy.__name__ = legacy.__qualname__ = name

@@ -7,10 +7,12 @@ The target (docs/algorithms.md §3, §4) is
     π_{init}(x) ∝ N(x; 0, I)\, e^{r_{init}(x)/α_{init}}, \qquad r_{init}(x) = r(\hat x_0(x, 1)).
 
 ``C`` chains (vmapped) start from ``N(0, I)``, run ``B`` burn-in steps, then ``S`` kept steps of
-any BlackJAX-shaped kernel: an object with ``init(position, logdensity_fn)`` and
-``build_kernel()`` returning ``kernel(rng_key, state, logdensity_fn, step_size) -> (state,
-info)`` — ``psijax.pcnl`` (Ψ-Sampler), ``psijax.pcn``, ``psijax.ula``, ``blackjax.mala`` as
-they are. ``K`` particles are spread over the chains as evenly as possible (the first
+a BlackJAX-shaped kernel whose one parameter is its step size: an object with
+``init(position, logdensity_fn)`` and ``build_kernel()`` returning
+``kernel(rng_key, state, logdensity_fn, step_size) -> (state, info)`` — ``psijax.pcnl``
+(Ψ-Sampler), ``psijax.pcn``, ``psijax.ula``, ``blackjax.mala`` as they are (a kernel with more
+parameters, such as HMC's mass matrix and path length, needs a wrapper whose ``build_kernel``
+fixes them). ``K`` particles are spread over the chains as evenly as possible (the first
 ``K mod C`` chains give one more): chain ``c`` gives ``k_c`` states at stride
 ``s_c = max(1, S // k_c)``, the last ones, i.e. kept-step indices
 ``S − 1, S − 1 − s_c, …, S − 1 − (k_c − 1)·s_c`` (:func:`thinning_layout`). Only those states
@@ -22,12 +24,18 @@ evaluations of ``r_init`` in all. With a predictor whose cost varies with ``x`` 
 each step's cost is measured at the point the kernel evaluated: the ``proposal`` of the
 kernel's info when it reports one (psijax's kernels), else the position the kernel step moves
 to when every proposal is accepted — the same kernel, same key, on a flat log-density far above
-any real one (MALA, whose info omits the proposal). That needs one evaluation per step.
+any real one (MALA, whose info omits the proposal). That is exact for kernels whose proposal
+depends on the key and the state only (MALA, random-walk Metropolis), and needs one evaluation
+per step; a kernel that evaluates the density along its proposal (HMC) must use a predictor of
+constant cost.
 
 **Devices.** With a ``mesh`` the chains are sharded; ``C`` need not divide over the devices:
 the chains are padded to the next multiple with chains that run but are discarded (their
-states, acceptance and NFE are not reported). Chain ``c``'s randomness is a function of ``c``
-(global keys and shapes, :mod:`psijax.smc.sharding`), so the result equals the 1-device run.
+states, acceptance and NFE are not reported, and they do not feed the step-size adaptation).
+Chain ``c``'s randomness is a function of ``c`` — JAX's partitionable Threefry
+(``jax_threefry_partitionable``, the default since jax 0.5) makes ``split(key, C')[:C]`` and
+the first ``C`` rows of ``normal(key, (C', …))`` those of ``C`` chains — so the result equals
+the 1-device run (:mod:`psijax.smc.sharding`).
 """
 
 import dataclasses
@@ -75,7 +83,8 @@ class Chains(InitialStage):
     step_size
         The kernel's own step size: ``h ∈ (0, 4)`` for pCN/pCNL, ``ε > 0`` in BlackJAX MALA's
         convention ``x' = x + ε∇log π + √(2ε)ξ`` for MALA and ULA (``ε = h/2`` is the Langevin
-        time of one pCNL step ``h``). A kernel module may declare ``MAX_STEP_SIZE``.
+        time of one pCNL step ``h``: the default 0.5 is pCNL's, and ``mala_smc``/``ula_smc``
+        use 0.25). A kernel module may declare ``MAX_STEP_SIZE``.
     num_chains
         ``C >= 1``.
     burn_in, num_kept

@@ -7,8 +7,9 @@ DAS / Ψ-Sampler, :class:`~psijax.align.proposals.Bootstrap` for FK steering, or
 **potential** (:mod:`psijax.smc.potentials`: ``Difference`` — the twisted-SMC weights —, or FK
 steering's ``Max``, ``Sum``, ``Current``) and the resampling
 (:class:`psijax.smc.weights.AdaptiveResampling`: scheme, ESS threshold ``κ``, every ``F``
-steps, partial). This module adds what is particular to a flow model: the particles carry
-``x`` with the cached ``r_t = r(x̂0(x, t))``, ``∇r_t`` and ``v = v(x, t)``, and step ``i`` from
+steps, partial). This module adds what is particular to a flow model: the particles are
+``((x, cache), path)``, ``x`` with the cached ``r_t = r(x̂0(x, t))``, ``∇r_t`` and
+``v = v(x, t)`` and the potential's path statistics, and step ``i`` from
 ``t = t_i`` to ``t' = t_{i+1}`` is
 
 .. math::
@@ -47,7 +48,7 @@ import numpy as np
 from blackjax.types import Array, ArrayLike, PRNGKey
 from jax.sharding import Mesh
 
-from psijax._checks import check_int, concrete_value
+from psijax._checks import check_int, check_real, concrete_value
 from psijax._deprecation import deprecated
 from psijax.align.problem import RewardProblem, check_problem
 from psijax.align.proposals import PROPOSALS, ProposalInputs, Twisted, check_proposal
@@ -55,7 +56,7 @@ from psijax.align.result import AlignmentResult
 from psijax.flows.sde import Transition, check_diffusion, denoising_grid, transition_from_velocity
 from psijax.smc import feynman_kac
 from psijax.smc.feynman_kac import SMCInfo, normalized_log_weights
-from psijax.smc.potentials import POTENTIALS, Difference, Potential
+from psijax.smc.potentials import POTENTIALS, Difference, weigh
 from psijax.smc.sharding import check_divisible, check_mesh, constrain, map_particles
 from psijax.smc.weights import AdaptiveResampling, sanitize
 
@@ -125,7 +126,10 @@ def run_smc(
         ``None`` (``λ ≡ 1``) or a concrete array of ``T + 1`` values in ``[0, 1]`` with
         ``λ_T = 1`` (tempering; the proposal of step ``i`` uses ``λ_{i+1}``).
     resampling
-        A scheme name of :func:`psijax.smc.resampling.get_scheme` or a scheme callable.
+        A scheme name of :func:`psijax.smc.resampling.get_scheme`, a scheme callable
+        ``(rng_key, weights, num_samples) -> ancestors``, or the whole resampling part, a
+        :class:`psijax.smc.weights.AdaptiveResampling` (then the next three arguments stay at
+        their defaults).
     ess_threshold
         ``κ ∈ [0, 1]``: resample when ``ESS ≤ κN``.
     resample_every
@@ -154,15 +158,15 @@ def run_smc(
     check_diffusion(diffusion)
     proposal = check_proposal(_part(proposal, PROPOSALS, Twisted, "proposal"))
     potential = _part(potential, POTENTIALS, Difference, "potential")
-    if not isinstance(potential, Potential):
+    if not (
+        callable(getattr(potential, "init", None)) and callable(getattr(potential, "update", None))
+    ):
         raise TypeError(
-            "`potential` must be a psijax.smc.potentials.Potential (Difference(), Max(), Sum(), "
-            f"Current() or a subclass), got {potential!r}."
+            "`potential` must have init(log_twist) and update(path, log_twist, final), as the "
+            "potentials of psijax.smc.potentials (Difference(), Max(), Sum(), Current() or a "
+            f"subclass), got {potential!r}."
         )
-    check_int(resample_every, "resample_every")
-    if num_resampled is not None:
-        check_int(num_resampled, "num_resampled", 2)
-    resampler = AdaptiveResampling(resampling, ess_threshold, resample_every, num_resampled)
+    resampler = _resampler(resampling, ess_threshold, resample_every, num_resampled)
     times = denoising_grid(None, grid)
     num_steps = times.shape[0] - 1
     lambdas = _checked_schedule(schedule, num_steps)
@@ -175,8 +179,10 @@ def run_smc(
         )
     n = x.shape[0]
     check_divisible(check_mesh(mesh), n, "num_particles")
-    if num_resampled is not None and num_resampled > n:
-        raise ValueError(f"`num_resampled` must be an int in [2, {n}], got {num_resampled}.")
+    if resampler.num_resampled is not None and resampler.num_resampled > n:
+        raise ValueError(
+            f"`num_resampled` must be an int in [2, {n}], got {resampler.num_resampled}."
+        )
     dtype = jnp.result_type(jnp.float32, x.dtype)
     if initial_log_weights is None:
         initial_log_weights = jnp.zeros((n,), dtype)
@@ -184,7 +190,7 @@ def run_smc(
     if log_w0.shape != (n,):
         raise ValueError(f"`initial_log_weights` must have shape ({n},), got {log_w0.shape}.")
 
-    x = constrain(x.astype(dtype), mesh)
+    x = x.astype(dtype)
     times = jnp.asarray(times, dtype)
     lambdas = jnp.asarray(lambdas, dtype)
     alpha = jnp.asarray(problem.alpha, dtype)
@@ -201,7 +207,7 @@ def run_smc(
         """The FK proposal: move ``x`` with ``proposal``, then evaluate at ``x'``."""
 
         def move(key, particles, inputs):
-            xs, cache, path = particles
+            (xs, cache), path = particles
             t, t_next, _, lam_next = inputs
             trans = jax.vmap(
                 transition_from_velocity,
@@ -225,26 +231,24 @@ def run_smc(
                 nfe = jnp.zeros((), jnp.int32)
             else:
                 new, nfe = evaluate(x_next, t_next)
-            return (x_next, new, path), log_p_minus_q, nfe
+            return ((x_next, new), path), log_p_minus_q, nfe
 
         return move
 
     def reweight(final: bool):
-        """The FK potential: ``log G`` from the log-twists ``s = λ r/α`` of both ends."""
+        """The FK potential on the log-twists ``s = λ_{t'} r_{t'}/α``; weight zero where the
+        reward or its gradient was not finite at either end."""
+        return weigh(
+            potential,
+            lambda state, inputs: inputs[3] * state[1].reward / alpha,
+            final=final,
+            invalid=lambda state, new: state[1].bad | new[1].bad,
+        )
 
-        def weigh(particles, moved, inputs):
-            _, cache, path = particles
-            x_next, new, _ = moved
-            log_g, new_path = potential.update(path, inputs[3] * new.reward / alpha, final)
-            log_g = jnp.where(new.bad | cache.bad, -jnp.inf, log_g)
-            return (x_next, new, new_path), log_g
-
-        return weigh
-
-    cache0, nfe0 = evaluate(x, times[0])
+    cache0, nfe0 = evaluate(constrain(x, mesh), times[0])
     log_g0, path0 = potential.init(lambdas[0] * cache0.reward / alpha)
     log_w = sanitize(jnp.where(cache0.bad, -jnp.inf, log_w0.astype(dtype) + log_g0))
-    state = feynman_kac.init((x, cache0, path0), log_w, mesh)
+    state = feynman_kac.init(((x, cache0), path0), log_w, mesh)
     inputs = (times[:-1], times[1:], lambdas[:-1], lambdas[1:])
     state, info = feynman_kac.run(
         rng_key,
@@ -257,7 +261,7 @@ def run_smc(
         final_potential=reweight(final=True),
         mesh=mesh,
     )
-    xs, cache, _ = state.particles
+    (xs, cache), _ = state.particles
     rewards = jnp.where(cache.bad, jnp.nan, cache.reward)
     nfe = (nfe0 + jnp.sum(info.proposal_info)).astype(jnp.int32)
     log_weights = normalized_log_weights(state.log_weights)
@@ -274,9 +278,25 @@ def _part(value, table: dict, default, name: str):
     if isinstance(value, str):
         if value not in table:
             raise ValueError(f"`{name}` must be one of {tuple(table)} or a part, got {value!r}.")
-        deprecated(f"{name}={value!r}", f"{name}={table[value].__name__}()", stacklevel=4)
+        deprecated(f"{name}={value!r}", f"{name}={table[value].__name__}()")
         return table[value]()
     return value
+
+
+def _resampler(resampling, ess_threshold, resample_every, num_resampled) -> AdaptiveResampling:
+    """The resampling part from ``run_smc``'s arguments (named as the user wrote them)."""
+    if isinstance(resampling, AdaptiveResampling):
+        if (ess_threshold, resample_every, num_resampled) != (0.5, 1, None):
+            raise ValueError(
+                "Give `ess_threshold`, `resample_every` and `num_resampled` in the "
+                "AdaptiveResampling part or as arguments, not both."
+            )
+        return resampling
+    check_real(ess_threshold, "ess_threshold", ge=0.0, le=1.0, concrete=True)
+    check_int(resample_every, "resample_every")
+    if num_resampled is not None:
+        check_int(num_resampled, "num_resampled", 2)
+    return AdaptiveResampling(resampling, ess_threshold, resample_every, num_resampled)
 
 
 def _sanitize_potential(r, grad):

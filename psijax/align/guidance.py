@@ -88,7 +88,10 @@ from psijax.flows.sde import (
 )
 from psijax.smc.sharding import check_divisible, check_mesh, constrain, map_particles
 
-__all__ = ["dps", "freedom", "best_of_n", "NORMALIZE_EPS"]
+__all__ = ["dps", "freedom", "best_of_n", "NORMALIZE_EPS", "DEFAULT_NUM_PARTICLES"]
+
+DEFAULT_NUM_PARTICLES = 20
+"""Particles when neither ``num_particles`` nor ``nfe_budget`` is given (the paper's 20)."""
 
 NORMALIZE_EPS = 1e-6
 """``ε`` of the normalized guidance ``G / (|r_t| + ε)``: keeps the division finite at ``r = 0``."""
@@ -436,7 +439,9 @@ def _particle_count(num_particles, nfe_budget, per_particle: int, mesh, *, probl
     Tweedie, one evaluation per guided step). Checked against the mesh."""
     origin = ""
     if nfe_budget is None:
-        n = check_int(20 if num_particles is None else num_particles, "num_particles")
+        n = check_int(
+            DEFAULT_NUM_PARTICLES if num_particles is None else num_particles, "num_particles"
+        )
     else:
         if num_particles is not None:
             raise ValueError("Give `num_particles` or `nfe_budget`, not both.")
@@ -462,7 +467,7 @@ def _check_window(window) -> tuple[float, float]:
     try:
         lo, hi = (float(w) for w in window)
     except (TypeError, ValueError):
-        raise ValueError(f"`window` must be a pair (lo, hi) of numbers, got {window!r}.") from None
+        raise TypeError(f"`window` must be a pair (lo, hi) of numbers, got {window!r}.") from None
     if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo < hi <= 1.0):
         raise ValueError(f"`window` must satisfy 0 <= lo < hi <= 1, got {window!r}.")
     return lo, hi

@@ -34,16 +34,15 @@ __all__ = [
 METHODS = ("prior", "top_k", "pcnl", "pcn", "mala", "ula", "tempered")
 """The 0.1 method names."""
 
-_KERNELS = {"pcnl": (pcnl, 1.0), "pcn": (pcn, 1.0), "mala": (blackjax.mala, 0.5), "ula": (ula, 0.5)}
+_KERNELS = {"pcnl": pcnl, "pcn": pcn, "mala": blackjax.mala, "ula": ula}
+STEP_SCALE = {"mala": 0.5, "ula": 0.5}
+"""0.1 took ``step_size = h`` for every method and ran MALA and ULA at ``ε = h/2``."""
+RENAMED_OPTIONS = {"adapt_step_size": "adapt"}
+"""0.1 option names of the initial stage and their field names now."""
 _CHAIN_OPTIONS = {
-    "step_size": "step_size",
-    "num_chains": "num_chains",
-    "burn_in": "burn_in",
-    "num_kept": "num_kept",
-    "adapt_step_size": "adapt",
-    "target_acceptance_rate": "target_acceptance_rate",
-    "alpha": "alpha",
-    "on_too_few_states": "on_too_few_states",
+    **{name: name for name in ("step_size", "num_chains", "burn_in", "num_kept", "alpha")},
+    **{name: name for name in ("target_acceptance_rate", "on_too_few_states")},
+    **RENAMED_OPTIONS,
 }
 _TEMPERED_OPTIONS = ("num_mcmc_steps", "target_ess", "step_size", "alpha")
 _ALL_OPTIONS = {*_CHAIN_OPTIONS, *_TEMPERED_OPTIONS, "num_candidates"}
@@ -52,7 +51,9 @@ _ALL_OPTIONS = {*_CHAIN_OPTIONS, *_TEMPERED_OPTIONS, "num_candidates"}
 def stage_from_method(method: str, options: dict) -> InitialStage:
     """The stage that ``method`` with the 0.1 keyword ``options`` named (options that do not
     apply to the method are ignored, as they were)."""
-    if not isinstance(method, str) or method not in METHODS:
+    if not isinstance(method, str):
+        raise TypeError(f"`init` must be an initial stage or one of {METHODS}, got {method!r}.")
+    if method not in METHODS:
         raise ValueError(f"`init` must be one of {METHODS} or an initial stage, got {method!r}.")
     unknown = sorted(set(options) - _ALL_OPTIONS)
     if unknown:
@@ -63,14 +64,14 @@ def stage_from_method(method: str, options: dict) -> InitialStage:
         return TopK(options.get("num_candidates"))
     if method == "tempered":
         return Tempered(**{k: options[k] for k in _TEMPERED_OPTIONS if k in options})
-    kernel, scale = _KERNELS[method]
     fields = {new: options[old] for old, new in _CHAIN_OPTIONS.items() if old in options}
     if fields.get("adapt") and method not in ("pcn", "pcnl"):
         raise ValueError(f"`adapt_step_size` needs method 'pcn' or 'pcnl', got {method!r}.")
-    step_size = fields.get("step_size", 0.5)
-    if scale != 1.0 and check_real(step_size, "step_size", gt=0.0) is not None:
-        fields["step_size"] = step_size * scale
-    return Chains(kernel=kernel, **fields)
+    if method in STEP_SCALE:  # 0.1's h, run at ε = h/2 (also when traced)
+        step_size = fields.get("step_size", 0.5)
+        check_real(step_size, "step_size", gt=0.0)
+        fields["step_size"] = step_size * STEP_SCALE[method]
+    return Chains(kernel=_KERNELS[method], **fields)
 
 
 def initial_particles(

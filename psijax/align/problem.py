@@ -105,11 +105,21 @@ class RewardProblem:
             deprecated(f"x0_predictor={predictor!r}", f"{_PREDICTOR_NAMES[predictor].__name__}()")
             # The deprecated options apply to the flow map named by string (also when a stage
             # switches a Tweedie problem to it by name).
-            predictor = Tweedie() if predictor == "tweedie" else FlowMap(**(options or {}))
+            if predictor == "flow_map":  # the options now live in the FlowMap: drop the copy
+                predictor = FlowMap(**(options or {}))
+                object.__setattr__(self, "flow_map_options", None)
+            else:
+                predictor = Tweedie()
         elif isinstance(predictor, FlowMap) and options:
             raise ValueError("Give the flow map's options in FlowMap(...), not flow_map_options.")
         predictor = as_predictor(predictor)
         object.__setattr__(self, "x0_predictor", predictor)
+
+    @property
+    def is_tweedie(self) -> bool:
+        """Deprecated (0.1): ``isinstance(problem.x0_predictor, Tweedie)``."""
+        deprecated("RewardProblem.is_tweedie", "isinstance(problem.x0_predictor, Tweedie)")
+        return isinstance(self.x0_predictor, Tweedie)
 
     def predict_x0(self, x: ArrayLike, t: ArrayLike) -> Array:
         r"""``x̂0(x, t)`` on a single sample (see :meth:`predict_x0_and_nfe` for its cost)."""

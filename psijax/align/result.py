@@ -44,7 +44,7 @@ class SamplerInfo(NamedTuple):
     """Diagnostics of a top-level sampler.
 
     init
-        :class:`psijax.align.init.InitInfo` of the initial-particle stage (acceptance rates,
+        :class:`psijax.align.stages.InitInfo` of the initial-particle stage (acceptance rates,
         step sizes, tempering steps), or ``None`` for prior starts and guidance methods.
     smc
         :class:`psijax.align.SMCInfo` (ESS per step, resampling events, ``log Ẑ`` increments),

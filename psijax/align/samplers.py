@@ -33,7 +33,8 @@ evaluations (Tweedie predictors): a prior start spends it all on the SMC, ``N = 
 particles; another initial stage gets ``⌊s·B⌋`` (``s = budget_split``, 0.5 as in the paper) —
 chains ``C·(B_burn + S + 1)`` with ``B_burn = ⌈m/2⌉``, ``S = ⌊m/2⌋``, ``m = ⌊sB/C⌋ − 1``;
 Top-K that many candidates — and the SMC the rest, ``N = ⌊(1 − s)B/T⌋``. The paper's layout is
-``B = 1000``: 5 chains × (50 + 50) pCNL steps and 20 particles × 25 steps.
+``B = 1000``: 5 chains × (50 burn-in + 49 kept + 1 initial) pCNL evaluations and 20 particles
+× 25 steps.
 
 **Initial weights and ``log Ẑ``.** The initial stage says how its particles were drawn
 relative to the prior; the SMC adds its own potential (docs/algorithms.md §5). A stage may use
@@ -50,6 +51,7 @@ estimates ``Z / Z_init`` (``info.log_normalizer_smc``) or nothing exact (Top-K).
 import dataclasses
 import inspect
 import math
+import textwrap
 from typing import Callable, Mapping
 
 import blackjax
@@ -63,7 +65,7 @@ from psijax._checks import check_int, check_real
 from psijax._deprecation import deprecated
 from psijax.align.chains import Chains
 from psijax.align.denoising import run_smc
-from psijax.align.guidance import best_of_n, dps, freedom
+from psijax.align.guidance import DEFAULT_NUM_PARTICLES, best_of_n, dps, freedom
 from psijax.align.predictors import Tweedie, as_predictor
 from psijax.align.problem import RewardProblem, check_problem
 from psijax.align.proposals import Bootstrap, Twisted
@@ -85,10 +87,8 @@ __all__ = [
     "budget_layout",
     "das_schedule",
     "DEFAULT_NUM_PARTICLES",
+    "DEPRECATED_NAMES",
 ]
-
-DEFAULT_NUM_PARTICLES = 20
-"""Particles when neither ``num_particles`` nor ``nfe_budget`` is given (the paper's 20)."""
 
 
 def das_schedule(num_steps: int, gamma: float | None = None) -> np.ndarray:
@@ -116,7 +116,7 @@ def das_schedule(num_steps: int, gamma: float | None = None) -> np.ndarray:
     num_steps = check_int(num_steps, "num_steps")
     if gamma is None:
         gamma = 2.0 ** (1.0 / num_steps) - 1.0
-    gamma = check_real(gamma, "gamma", gt=0.0)
+    gamma = check_real(gamma, "gamma", gt=0.0, concrete=True)
     lambdas = np.minimum((1.0 + gamma) ** np.arange(num_steps + 1) - 1.0, 1.0)
     if lambdas[-1] < 1.0 - 1e-12:
         raise ValueError(
@@ -128,7 +128,7 @@ def das_schedule(num_steps: int, gamma: float | None = None) -> np.ndarray:
 
 
 def budget_layout(
-    init: InitialStage, nfe_budget: int, num_steps: int, *, budget_split: float = 0.5
+    init: InitialStage, nfe_budget: int, num_steps: int, *, budget_split: float = 0.5, **legacy
 ) -> tuple[int, InitialStage]:
     r"""The particle count and the sized initial stage that spend ``nfe_budget = B`` evaluations.
 
@@ -150,6 +150,10 @@ def budget_layout(
     budget_split
         ``s ∈ (0, 1)``.
 
+    **legacy
+        ``num_chains`` with a 0.1 method name for ``init`` (deprecated: that spelling returns
+        the 0.1 dict ``{"num_particles": N, ...sizes}``).
+
     Returns
     -------
     ``(num_particles, stage)``
@@ -161,11 +165,15 @@ def budget_layout(
         per chain), or when the stage already has the sizes the budget sets.
 
     """
+    if isinstance(init, str):  # 0.1: budget_layout(method, B, T, num_chains=C) -> dict
+        return _legacy_layout(init, nfe_budget, num_steps, budget_split, **legacy)
+    if legacy:
+        raise TypeError(f"budget_layout() got unexpected keyword arguments {sorted(legacy)}.")
     budget = check_int(nfe_budget, "nfe_budget")
     num_steps = check_int(num_steps, "num_steps")
     if not init.spends_budget:
         return _at_least_one(budget // num_steps, budget), init
-    split = check_real(budget_split, "budget_split", gt=0.0, lt=1.0)
+    split = check_real(budget_split, "budget_split", gt=0.0, lt=1.0, concrete=True)
     init_budget = int(math.floor(split * budget))
     num_particles = _at_least_one((budget - init_budget) // num_steps, budget)
     if init.adaptive_cost:
@@ -277,8 +285,9 @@ def smc(
             )
         if init.adaptive_cost:
             raise ValueError(
-                f"`nfe_budget` cannot be split with init={init!r} (init='tempered': its number "
-                "of temperatures is adaptive); give `num_particles` and read `result.nfe`."
+                f"`nfe_budget` cannot be split with init={type(init).__name__}(...) "
+                "(init='tempered' in 0.1): its cost is adaptive (the number of temperatures); "
+                "give `num_particles` and read `result.nfe`."
             )
         num_particles, init = budget_layout(init, nfe_budget, num_steps, budget_split=budget_split)
     origin = "" if nfe_budget is None else f" (from nfe_budget={nfe_budget})"
@@ -361,6 +370,13 @@ class NamedSampler:
         stage = self.config.get("init", Prior())
         if not isinstance(stage, InitialStage):
             raise TypeError(f"`config['init']` must be an initial stage, got {stage!r}.")
+        arguments = {"rng_key", "problem", *_SMC_PARAMETERS}
+        clash = {f.name for f in dataclasses.fields(stage)} & arguments
+        if clash:
+            raise ValueError(
+                f"the fields {sorted(clash)} of {type(stage).__name__} are also arguments of smc: "
+                "rename them (a named sampler passes both as keywords)."
+            )
         object.__setattr__(self, "config", dict(self.config))
         object.__setattr__(self, "__doc__", self._docstring())
         object.__setattr__(self, "__name__", self.name)
@@ -374,10 +390,13 @@ class NamedSampler:
     def __call__(self, rng_key: PRNGKey, problem: RewardProblem, **kwargs) -> AlignmentResult:
         """Run :func:`smc` with this configuration (class docstring)."""
         if "init" in kwargs:
-            raise TypeError(
-                f"{self.name} fixes its initial stage; pass its fields ({self._stage_names()}) "
-                "or call psijax.align.smc(init=...)."
-            )
+            if not isinstance(kwargs["init"], str):
+                raise TypeError(
+                    f"{self.name} fixes its initial stage; pass its fields "
+                    f"({', '.join(self._stage_names())}) or call psijax.align.smc(init=...)."
+                )
+            deprecated(f"{self.name}(init={kwargs['init']!r})", "psijax.align.smc(init=Stage(...))")
+            return smc(rng_key, problem, **{**self.config, **kwargs})
         stage_fields = set(self._stage_names())
         stage_options = {k: kwargs.pop(k) for k in list(kwargs) if k in stage_fields}
         config = dict(self.config)
@@ -409,23 +428,25 @@ class NamedSampler:
 
     def _docstring(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in self.config.items()) or "its defaults"
-        stage = type(self.init).__name__
-        fields = ", ".join(f"``{n}``" for n in self._stage_names())
+        stage = f"{type(self.init).__module__}.{type(self.init).__name__}"
+        summary = "\n\n".join(  # one-line paragraphs are wrapped; formatted ones kept
+            p.strip() if "\n" in p.strip() else textwrap.fill(p.strip(), 92)
+            for p in self.summary.split("\n\n")
+        )
         lines = [
-            self.summary.strip(),
+            summary,
             "",
-            f":func:`psijax.align.smc` with ``{settings}``.",
+            textwrap.fill(f"This is :func:`psijax.align.smc` with ``{settings}``.", 92),
             "",
             "Parameters",
             "----------",
             "rng_key, problem",
             "    As in :func:`psijax.align.smc`.",
         ]
-        if fields:
+        if self._stage_names():
             lines += [
-                fields.replace("``", ""),
-                f"    Fields of its initial stage, :class:`{type(self.init).__module__}.{stage}`"
-                f" (defaults: ``{self.init!r}``).",
+                ", ".join(self._stage_names()),
+                f"    The fields of its initial stage, :class:`{stage}`, passed directly.",
             ]
         lines += [
             "**kwargs",
@@ -505,28 +526,37 @@ tempered_smc = NamedSampler(
 )
 
 SAMPLERS: dict[str, Callable] = {
-    "psi_sampler": psi_sampler,
-    "smc": smc,
-    "tds": tds,
-    "das": das,
-    "fk_steering": fk_steering,
-    "top_k_smc": top_k_smc,
-    "ula_smc": ula_smc,
-    "mala_smc": mala_smc,
-    "pcn_smc": pcn_smc,
-    "tempered_smc": tempered_smc,
-    "dps": dps,
-    "freedom": freedom,
-    "best_of_n": best_of_n,
+    sampler.__name__: sampler
+    for sampler in (
+        psi_sampler,
+        smc,
+        tds,
+        das,
+        fk_steering,
+        top_k_smc,
+        ula_smc,
+        mala_smc,
+        pcn_smc,
+        tempered_smc,
+        dps,
+        freedom,
+        best_of_n,
+    )
 }
 """Every sampler by name (same call shape). The studies and the command line list these."""
 
 
 def register(sampler: NamedSampler, *, replace: bool = False) -> NamedSampler:
     """Add ``sampler`` to :data:`SAMPLERS` under its name (``ValueError`` if taken, unless
-    ``replace``); returns it."""
+    ``replace``, or if it is a deprecated 0.1 name); returns it.
+
+    The registry is what the studies and the command line list; registering does not add an
+    attribute to :mod:`psijax.align` (the built-in samplers are its attributes).
+    """
     if not isinstance(sampler, NamedSampler):
         raise TypeError(f"`sampler` must be a NamedSampler, got {sampler!r}.")
+    if sampler.name in DEPRECATED_NAMES:
+        raise ValueError(f"{sampler.name!r} is a deprecated 0.1 name; choose another.")
     if sampler.name in SAMPLERS and not replace:
         raise ValueError(f"a sampler named {sampler.name!r} is registered already.")
     SAMPLERS[sampler.name] = sampler
@@ -551,6 +581,24 @@ def initial_stage(sampler: Callable) -> InitialStage | None:
 # ----------------------------------------------------------------------------------------------
 # Private helpers
 # ----------------------------------------------------------------------------------------------
+def _legacy_layout(method, nfe_budget, num_steps, budget_split, num_chains=5) -> dict:
+    from psijax.align.init import stage_from_method
+
+    deprecated("budget_layout(<method name>, ...) -> dict", "budget_layout(<stage>, ...)")
+    stage = stage_from_method(method, {"num_chains": num_chains} if method in _CHAIN_NAMES else {})
+    num_particles, sized = budget_layout(stage, nfe_budget, num_steps, budget_split=budget_split)
+    changed = {
+        f.name: getattr(sized, f.name)
+        for f in dataclasses.fields(sized)
+        if f.name in ("num_candidates", "burn_in", "num_kept")
+        and getattr(sized, f.name) != getattr(stage, f.name)
+    }
+    return {"num_particles": num_particles, **changed}
+
+
+_CHAIN_NAMES = ("pcnl", "pcn", "mala", "ula")
+
+
 def _evaluation_cost(stage: InitialStage) -> int | None:
     """NFE of one ``r_init`` evaluation of ``stage`` (the problem's predictor is Tweedie)."""
     predictor = getattr(stage, "predictor", None)
@@ -567,29 +615,35 @@ def _at_least_one(value: int, budget: int) -> int:
     return int(value)
 
 
-_RENAMED_OPTIONS = {"adapt_step_size": "adapt"}
-"""0.1 option names of the initial stage and their field names."""
+DEPRECATED_NAMES = {
+    "top_k": "top_k_smc",
+    "ula": "ula_smc",
+    "mala": "mala_smc",
+    "pcn": "pcn_smc",
+    "tempered": "tempered_smc",
+}
+"""0.1 sampler and method names (removed after 0.2) and their registry names."""
 
 
 def _stage(init, options: dict) -> InitialStage:
     """``init``, or the stage that the deprecated ``init="<method>", **options`` name."""
-    from psijax.align.init import stage_from_method  # the deprecated spellings
+    from psijax.align.init import RENAMED_OPTIONS, stage_from_method  # the 0.1 spellings
 
     predictor = options.pop("init_predictor", None)
     if isinstance(init, str):
-        deprecated(f"smc(init={init!r}, ...)", "smc(init=Chains(...)/TopK(...)/...)", 4)
+        deprecated(f"smc(init={init!r}, ...)", "smc(init=Chains(...)/TopK(...)/...)")
         init = stage_from_method(init, options)
     elif options:
         is_dataclass = dataclasses.is_dataclass(init)
         fields = [f.name for f in dataclasses.fields(init)] if is_dataclass else []
-        renamed = {_RENAMED_OPTIONS.get(k, k): v for k, v in options.items()}
+        renamed = {RENAMED_OPTIONS.get(k, k): v for k, v in options.items()}
         unknown = sorted(k for k in renamed if k not in fields)
         if unknown:
             raise TypeError(f"smc() got unexpected keyword arguments {unknown}.")
-        deprecated(f"smc({', '.join(options)}=...)", "the stage's fields, init=Stage(...)", 4)
+        deprecated(f"smc({', '.join(options)}=...)", "the stage's fields, init=Stage(...)")
         init = dataclasses.replace(init, **renamed)
     if predictor is not None:
-        deprecated("init_predictor=", "the stage's predictor= field", 4)
+        deprecated("init_predictor=", "the stage's predictor= field")
         if not hasattr(init, "predictor"):
             return init  # a prior start evaluates no predictor (0.1 ignored it too)
         init = dataclasses.replace(init, predictor=predictor)

@@ -122,8 +122,15 @@ class InitialStage:
         check_mesh(mesh)
 
     def budgeted(self, budget: int, num_particles: int) -> "InitialStage":
-        """The stage sized to spend ``budget`` evaluations; the stage itself by default."""
-        return self
+        """The stage sized to spend ``budget`` evaluations of ``r_init`` for ``num_particles``.
+
+        A stage that spends evaluations must say how (a stage that spends none sets
+        ``spends_budget = False``, one of adaptive cost ``adaptive_cost = True``).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not say how to spend an NFE budget: define "
+            "budgeted(budget, num_particles), or give num_particles instead of nfe_budget."
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -172,3 +172,12 @@ def plot(rows: list[dict], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def __getattr__(name: str):
+    if name == "SAMPLERS":  # 0.1's name of KERNELS
+        from psijax._deprecation import deprecated
+
+        deprecated("psijax.experiments.acceptance.SAMPLERS", "KERNELS")
+        return KERNELS
+    raise AttributeError(f"module 'psijax.experiments.acceptance' has no attribute {name!r}")

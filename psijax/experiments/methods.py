@@ -2,7 +2,7 @@ r"""The alignment methods of the studies and their sizes at equal NFE, from the 
 
 A *method* is a name of :data:`psijax.align.SAMPLERS`, optionally suffixed ``"[flow_map]"``
 for a sampler with an initial stage whose ``r_init`` then uses a flow-map predictor (the SMC
-keeps Tweedie). Nothing here lists samplers by hand: a sampler registered with
+keeps Tweedie). The methods are those of the registry: a sampler registered with
 :func:`psijax.align.register` is a method of every study and of the command line.
 :func:`sampler_options` gives every method the same budget of model evaluations; the toy study
 (:mod:`psijax.experiments.toy`) and the digits study (:mod:`psijax.experiments.digits`) both
@@ -10,15 +10,14 @@ size their runs with it.
 """
 
 import dataclasses
-import warnings
 from typing import NamedTuple
 
-from psijax.align import SAMPLERS, budget_layout, initial_stage
+from psijax._deprecation import deprecated
+from psijax.align import DEPRECATED_NAMES, SAMPLERS, budget_layout, initial_stage
 from psijax.align.predictors import as_predictor
 
 __all__ = [
     "FLOW_MAP",
-    "RENAMED",
     "Method",
     "parse_method",
     "default_methods",
@@ -28,15 +27,6 @@ __all__ = [
 
 FLOW_MAP = "[flow_map]"
 """The suffix of a method whose initial stage uses a flow-map predictor."""
-
-RENAMED = {
-    "top_k": "top_k_smc",
-    "ula": "ula_smc",
-    "mala": "mala_smc",
-    "pcn": "pcn_smc",
-    "tempered": "tempered_smc",
-}
-"""0.1 method names (deprecated, removed after 0.2) and their registry names."""
 
 
 class Method(NamedTuple):
@@ -61,14 +51,9 @@ def parse_method(name: str) -> Method:
     base, flow_map = name, name.endswith(FLOW_MAP)
     if flow_map:
         base = name[: -len(FLOW_MAP)]
-    if base in RENAMED:
-        warnings.warn(
-            f"psijax: method {base!r} is deprecated and will be removed after 0.2; use "
-            f"{RENAMED[base]!r}.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        base = RENAMED[base]
+    if base in DEPRECATED_NAMES:
+        deprecated(f"method {base!r}", repr(DEPRECATED_NAMES[base]))
+        base = DEPRECATED_NAMES[base]
         name = base + (FLOW_MAP if flow_map else "")
     if base not in SAMPLERS:
         raise ValueError(f"method must be one of {tuple(SAMPLERS)} (+ {FLOW_MAP!r}): {name!r}")
@@ -83,17 +68,14 @@ def parse_method(name: str) -> Method:
 def flow_map_variants(suffix: bool = True) -> tuple[str, ...]:
     """The samplers of :data:`SAMPLERS` whose initial stage has a ``predictor`` (with the
     ``"[flow_map]"`` suffix when ``suffix``)."""
-    names = [
-        name
-        for name, sampler in SAMPLERS.items()
-        if sampler is not SAMPLERS.get("smc") and _has_predictor(initial_stage(sampler))
-    ]
+    names = [name for name, sampler in SAMPLERS.items() if _has_predictor(initial_stage(sampler))]
     return tuple(n + FLOW_MAP if suffix else n for n in names)
 
 
 def default_methods(flow_map: bool = True) -> tuple[str, ...]:
-    """Every sampler of :data:`SAMPLERS` and (``flow_map``) the flow-map variants of Ψ-Sampler
-    and of the tempered initial stage."""
+    """Every sampler of :data:`SAMPLERS` and (``flow_map``) the two flow-map variants the
+    studies run by default, Ψ-Sampler's and the tempered stage's (every other one,
+    :func:`flow_map_variants`, can be asked for by name)."""
     extra = ("psi_sampler" + FLOW_MAP, "tempered_smc" + FLOW_MAP) if flow_map else ()
     return (*SAMPLERS, *(m for m in extra if m[: -len(FLOW_MAP)] in SAMPLERS))
 

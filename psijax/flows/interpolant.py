@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax.types import Array, ArrayLike, ArrayLikeTree, ArrayTree, PRNGKey
 
-from psijax._checks import concrete_value
+from psijax._checks import check_int, concrete_value
 from psijax._tree import accumulation_dtype, tree_normal
 
 __all__ = [
@@ -94,11 +94,7 @@ def velocity_from_tweedie(x: ArrayLikeTree, x0_hat: ArrayLikeTree, t: ArrayLike)
 # Time grids
 # ----------------------------------------------------------------------------------------------
 def _check_num_steps(num_steps) -> int:
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-        raise TypeError(f"`num_steps` must be an int >= 1, got {type(num_steps).__name__}.")
-    if num_steps < 1:
-        raise ValueError(f"`num_steps` must be an int >= 1, got {num_steps}.")
-    return int(num_steps)
+    return check_int(num_steps, "num_steps")
 
 
 def _uniform_grid_f64(num_steps: int) -> np.ndarray:
@@ -171,10 +167,7 @@ def flux_grid(
     as float32 with ``t_0 = 1`` and ``t_T = 0`` exactly.
     """
     num_steps = _check_num_steps(num_steps)
-    if isinstance(num_tokens, bool) or not isinstance(num_tokens, (int, np.integer)):
-        raise TypeError(f"`num_tokens` must be an int >= 1, got {type(num_tokens).__name__}.")
-    if num_tokens < 1:
-        raise ValueError(f"`num_tokens` must be an int >= 1, got {num_tokens}.")
+    num_tokens = check_int(num_tokens, "num_tokens")
     slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
     mu = base_shift + slope * (num_tokens - base_seq_len)
     t = _uniform_grid_f64(num_steps)

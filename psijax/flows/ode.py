@@ -21,10 +21,9 @@ from typing import Callable
 import diffrax
 import jax
 import jax.numpy as jnp
-import numpy as np
 from blackjax.types import Array, ArrayLike, ArrayLikeTree, ArrayTree
 
-from psijax._checks import check_int, check_real, concrete_value
+from psijax._checks import check_int, check_real
 from psijax._tree import accumulation_dtype
 from psijax.flows.sde import check_grid
 
@@ -70,11 +69,7 @@ def _check_solver(solver) -> None:
 
 
 def _check_time(value, name: str) -> None:
-    t = concrete_value(value, np.float64)
-    if t is None:
-        return
-    if t.shape != () or not (0.0 <= t <= 1.0):
-        raise ValueError(f"`{name}` must be a scalar time in [0, 1], got {value!r}.")
+    check_real(value, name, ge=0.0, le=1.0)  # a scalar time; traced values pass
 
 
 def _diffeqsolve(

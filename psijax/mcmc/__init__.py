@@ -2,9 +2,9 @@
 
 Each module follows the shape of ``blackjax.mcmc.mala``: State and Info NamedTuples, ``init``,
 ``build_kernel``, ``as_top_level_api``. The top-level ``psijax.pcn``, ``psijax.pcnl`` and
-``psijax.ula`` are made from them with ``blackjax.base.generate_top_level_api_from``.
+``psijax.ula`` are BlackJAX ``GenerateSamplingAPI`` objects of them (:mod:`psijax.mcmc.api`).
 """
 
-from psijax.mcmc import adaptation, pcn, pcnl, ula
+from psijax.mcmc import adaptation, api, pcn, pcnl, ula
 
-__all__ = ["adaptation", "pcn", "pcnl", "ula"]
+__all__ = ["adaptation", "api", "pcn", "pcnl", "ula"]

@@ -23,7 +23,9 @@ with ``W = softmax(ℓ)`` after the resampling. The parts are plain callables:
 ``potential(particles, moved, inputs) -> (moved, log_G)``
     the ``(N,)`` log-potential of the step; it returns the moved particles too, into which it
     may write what later potentials need (the path statistics of
-    :mod:`psijax.smc.potentials`), or returns them unchanged;
+    :mod:`psijax.smc.potentials`, made a potential of this shape by
+    :func:`psijax.smc.potentials.weigh`), or returns them unchanged; the pytree structure and
+    dtypes of the particles must stay those of the state (they are a scan carry);
 ``resampling(rng_key, log_weights, particles, index) -> ResampleResult``
     the resampling decision and scheme (:class:`psijax.smc.weights.AdaptiveResampling`).
 
@@ -118,6 +120,9 @@ class SMCInfo(NamedTuple):
         True when every final weight is zero (``log Ẑ = −inf``).
     proposal_info
         The proposal's ``info`` of every step, stacked along a leading axis ``T``.
+    ancestors
+        ``(T, N)`` int32 ancestor indices of every step (the genealogy) when :func:`run` was
+        asked to keep them, else ``None``.
 
     """
 
@@ -126,7 +131,8 @@ class SMCInfo(NamedTuple):
     log_normalizer_increments: Array
     final_ess: Array
     collapsed: Array
-    proposal_info: Any = None
+    proposal_info: Any
+    ancestors: Array | None = None
 
 
 def init(
@@ -154,7 +160,7 @@ def init(
     n = num_particles(particles)
     check_divisible(check_mesh(mesh), n, "num_particles")
     if log_weights is None:
-        log_weights = jnp.zeros((n,), jnp.float32)
+        log_weights = jnp.zeros((n,), jnp.result_type(float))  # float64 under jax_enable_x64
     log_weights = sanitize(log_weights)
     if log_weights.shape != (n,):
         raise ValueError(f"`log_weights` must have shape ({n},), got {log_weights.shape}.")
@@ -185,7 +191,9 @@ def step(
     proposal, potential, resampling
         The parts (module docstring).
     index
-        The step's index (may be traced), passed to ``resampling``.
+        The step's index (may be traced), passed to ``resampling``: a loop of its own over
+        ``step`` must pass it for ``AdaptiveResampling(every=F)`` to resample every ``F``
+        steps (:func:`run` does).
     mesh
         The particles' mesh, or ``None``.
 
@@ -201,9 +209,10 @@ def step(
     moved, log_p_minus_q, proposal_info = proposal(key_move, particles, inputs)
     moved, log_g = potential(particles, moved, inputs)
     increment = log_p_minus_q + log_g
-    d_log_z = log_normalizer_increment(resampled.log_weights, increment)
-    log_weights = sanitize(resampled.log_weights + increment)
-    new_state = SMCState(moved, log_weights, state.log_normalizer + d_log_z)
+    dtype = state.log_weights.dtype  # the state keeps its dtype (a fixed scan carry)
+    d_log_z = log_normalizer_increment(resampled.log_weights, increment).astype(dtype)
+    log_weights = sanitize(resampled.log_weights + increment).astype(dtype)
+    new_state = SMCState(moved, log_weights, (state.log_normalizer + d_log_z).astype(dtype))
     info = StepInfo(resampled.ess, resampled.resampled, resampled.ancestors, d_log_z, proposal_info)
     return new_state, info
 
@@ -218,6 +227,7 @@ def run(
     *,
     final_proposal: Callable | None = None,
     final_potential: Callable | None = None,
+    keep_ancestors: bool = False,
     mesh: Mesh | None = None,
 ) -> tuple[SMCState, SMCInfo]:
     r"""``T`` steps of :func:`step` over a schedule, with ``lax.scan``.
@@ -242,6 +252,8 @@ def run(
         defaults (systematic, ``κ = 0.5``).
     final_proposal, final_potential
         The parts of the last step, or ``None`` for the same as the others.
+    keep_ancestors
+        Return every step's ancestor indices (``T × N`` int32) in :attr:`SMCInfo.ancestors`.
     mesh
         The particles' mesh, or ``None``.
 
@@ -266,7 +278,8 @@ def run(
 
     def body(s, xs):
         k, i, step_inputs = xs
-        return step(k, s, step_inputs, proposal, potential, resampling, index=i, mesh=mesh)
+        s, info = step(k, s, step_inputs, proposal, potential, resampling, index=i, mesh=mesh)
+        return s, info if keep_ancestors else info._replace(ancestors=None)  # (T, N) ints
 
     state, history = jax.lax.scan(body, state, head)
     state, tail = step(
@@ -279,23 +292,18 @@ def run(
         index=index,
         mesh=mesh,
     )
-    ess_hist, resampled_hist, increments, proposal_info = (
-        jax.tree.map(lambda h, e: jnp.concatenate([h, jnp.asarray(e)[None]]), h_all, e_all)
-        for h_all, e_all in (
-            (history.ess, tail.ess),
-            (history.resampled, tail.resampled),
-            (history.log_normalizer_increment, tail.log_normalizer_increment),
-            (history.proposal_info, tail.proposal_info),
-        )
-    )
+    if not keep_ancestors:
+        tail = tail._replace(ancestors=None)
+    history = jax.tree.map(lambda h, e: jnp.concatenate([h, jnp.asarray(e)[None]]), history, tail)
     _, log_sum = normalize(state.log_weights)
     info = SMCInfo(
-        ess_hist,
-        resampled_hist,
-        increments,
+        history.ess,
+        history.resampled,
+        history.log_normalizer_increment,
         ess(state.log_weights),
         ~jnp.isfinite(log_sum),
-        proposal_info,
+        history.proposal_info,
+        history.ancestors,
     )
     return state, info
 

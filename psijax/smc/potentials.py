@@ -23,16 +23,28 @@ as the twists sharpen (``benchmarks/results/potentials.md``).
 Each potential is a small frozen object with two methods on ``(N,)`` arrays:
 ``init(s_0) -> (log G_0, PathState)`` and ``update(path, s_next, final) -> (log G, PathState)``;
 the :class:`PathState` (``Ψ`` and the running statistic) travels with the particles and is
-resampled with them. They know nothing of models, only of the log-twists.
+resampled with them. They know nothing of models, only of the log-twists. :func:`weigh` turns
+one into the ``potential`` callable of :func:`psijax.smc.feynman_kac.step`, for particles laid
+out as ``(state, path)``; a continuous or a discrete SMC differ only in the ``log_twist`` they
+read off their state.
 """
 
 import dataclasses
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax.numpy as jnp
 from blackjax.types import Array
 
-__all__ = ["PathState", "Potential", "Difference", "Max", "Sum", "Current", "POTENTIALS"]
+__all__ = [
+    "PathState",
+    "Potential",
+    "Difference",
+    "Max",
+    "Sum",
+    "Current",
+    "POTENTIALS",
+    "weigh",
+]
 
 
 class PathState(NamedTuple):
@@ -117,3 +129,42 @@ class Current(Potential):
 
 POTENTIALS = {"difference": Difference, "max": Max, "sum": Sum, "current": Current}
 """The potentials by the names FK steering uses."""
+
+
+def weigh(
+    potential: Potential,
+    log_twist: Callable,
+    *,
+    final: bool = False,
+    invalid: Callable | None = None,
+) -> Callable:
+    """The Feynman–Kac ``potential(particles, moved, inputs) -> (moved, log G)`` of ``potential``.
+
+    Parameters
+    ----------
+    potential
+        A :class:`Potential` (or an object with its ``update``).
+    log_twist
+        ``log_twist(state, inputs) -> (N,)``: the log-twists ``s`` of the moved particles.
+    final
+        Whether this is the last step (``log G_T = s_T − Ψ_{T−1}``).
+    invalid
+        ``None``, or ``invalid(state, moved_state) -> (N,) bool``: particles given weight zero
+        (``log G = −inf``), e.g. where a reward was not finite.
+
+    Returns
+    -------
+    Callable
+        The core's potential for particles ``(state, path)``: it updates ``path`` (a
+        :class:`PathState`) and leaves ``state`` as the proposal moved it.
+    """
+
+    def fn(particles, moved, inputs):
+        state, path = particles
+        new_state, _ = moved
+        log_g, new_path = potential.update(path, log_twist(new_state, inputs), final)
+        if invalid is not None:
+            log_g = jnp.where(invalid(state, new_state), -jnp.inf, log_g)
+        return (new_state, new_path), log_g
+
+    return fn

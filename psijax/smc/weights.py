@@ -303,12 +303,13 @@ class AdaptiveResampling:
 
     def __post_init__(self):
         scheme = get_scheme(self.scheme) if isinstance(self.scheme, str) else self.scheme
-        if not callable(scheme):
-            raise TypeError(f"`scheme` must be a scheme name or a callable, got {scheme!r}.")
+        if not callable(scheme) or isinstance(scheme, AdaptiveResampling):
+            raise TypeError(
+                "`scheme` must be a scheme name or a callable (rng_key, weights, num_samples) -> "
+                f"ancestors, got {scheme!r}."
+            )
         object.__setattr__(self, "scheme", scheme)
-        threshold = check_threshold(self.ess_threshold, "ess_threshold")
-        if threshold is None:
-            raise ValueError("`ess_threshold` must be concrete (not traced).")
+        threshold = check_real(self.ess_threshold, "ess_threshold", ge=0.0, le=1.0, concrete=True)
         object.__setattr__(self, "ess_threshold", threshold)
         check_int(self.every, "every")
         if self.num_resampled is not None:

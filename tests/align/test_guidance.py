@@ -404,7 +404,7 @@ def test_best_of_n_invalid_rewards_and_ties():
         ({"window": (0.7, 0.3)}, "window", ValueError),
         ({"window": (-0.1, 0.5)}, "window", ValueError),
         ({"window": (0.5, 1.5)}, "window", ValueError),
-        ({"window": 0.5}, "window", ValueError),
+        ({"window": 0.5}, "window", TypeError),
         ({"diffusion": "ode"}, "diffusion", TypeError),
         ({"grid": np.array([1.0, 0.5]), "num_steps": None}, "grid", ValueError),
         ({"grid": np.array([0.9, 0.5, 0.0]), "num_steps": None}, "grid", ValueError),

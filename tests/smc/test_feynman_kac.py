@@ -176,3 +176,30 @@ def test_bad_particles_and_inputs_are_value_errors():
         AdaptiveResampling(ess_threshold=1.5)
     with pytest.raises(TypeError, match="every"):
         AdaptiveResampling(every=1.0)
+
+
+def test_the_genealogy_is_kept_on_request():
+    _, info = run(jax.random.key(7), keep_ancestors=True)
+    assert info.ancestors.shape == (T, 64) and info.ancestors.dtype == jnp.int32
+    resampled = np.asarray(info.resampled)
+    never = ~resampled
+    np.testing.assert_array_equal(
+        np.asarray(info.ancestors)[never], np.tile(np.arange(64), (never.sum(), 1))
+    )
+    assert run(jax.random.key(7))[1].ancestors is None
+
+
+def test_float64_particles_keep_a_fixed_carry():
+    """Under ``jax_enable_x64`` the state stays in one dtype across the scan."""
+    with jax.enable_x64(True):
+        key_init, key_run = jax.random.split(jax.random.key(8))
+        state = feynman_kac.init(jnp.zeros((8, 2), jnp.float64))
+        assert state.log_weights.dtype == jnp.float64
+
+        def move(key, x, inputs):
+            return x + jax.random.normal(key, x.shape, jnp.float64), jnp.zeros(8), ()
+
+        state, _ = feynman_kac.run(
+            key_run, state, jnp.arange(3.0), move, lambda x, y, i: (y, -jnp.sum(y**2, 1))
+        )
+        assert state.log_normalizer.dtype == jnp.float64
