@@ -433,28 +433,37 @@ def _result(problem: RewardProblem, x: Array, nfe: Array, best_only: bool, mesh)
 # ----------------------------------------------------------------------------------------------
 # Argument checks (at build time, before anything runs)
 # ----------------------------------------------------------------------------------------------
+def count_or_budget(num_particles, nfe_budget, problem) -> int | None:
+    """The checked ``num_particles`` (default :data:`DEFAULT_NUM_PARTICLES`) when no
+    ``nfe_budget`` is given, else ``None`` after checking that the budget can be used: not both,
+    and the problem's predictor is Tweedie (one evaluation per potential)."""
+    if nfe_budget is None:
+        default = DEFAULT_NUM_PARTICLES if num_particles is None else num_particles
+        return check_int(default, "num_particles")
+    if num_particles is not None:
+        raise ValueError("Give `num_particles` or `nfe_budget`, not both.")
+    if problem is not None and not isinstance(problem.x0_predictor, Tweedie):
+        raise ValueError(
+            "`nfe_budget` needs the Tweedie predictor (a flow-map or custom predictor's cost "
+            "per evaluation is not known in advance); give `num_particles` and read "
+            "`result.nfe`."
+        )
+    check_int(nfe_budget, "nfe_budget")
+    return None
+
+
 def _particle_count(num_particles, nfe_budget, per_particle: int, mesh, *, problem=None) -> int:
     """``N``: ``num_particles`` (default 20), or ``⌊B/per_particle⌋`` from ``nfe_budget = B``
     (evaluations of one particle along the grid; with a ``problem``, its predictor must be
     Tweedie, one evaluation per guided step). Checked against the mesh."""
-    origin = ""
-    if nfe_budget is None:
-        n = check_int(
-            DEFAULT_NUM_PARTICLES if num_particles is None else num_particles, "num_particles"
-        )
-    else:
-        if num_particles is not None:
-            raise ValueError("Give `num_particles` or `nfe_budget`, not both.")
-        if problem is not None and not isinstance(problem.x0_predictor, Tweedie):
-            raise ValueError(
-                "`nfe_budget` needs the Tweedie predictor (a flow-map or custom predictor's cost "
-                "is not known in advance); give `num_particles` and read `result.nfe`."
-            )
-        budget = check_int(nfe_budget, "nfe_budget")
-        n = budget // per_particle
+    n, origin = count_or_budget(num_particles, nfe_budget, problem), ""
+    if n is None:
+        n = nfe_budget // per_particle
         if n < 1:
-            raise ValueError(f"`nfe_budget`={budget} is too small for one particle over the grid.")
-        origin = f" (from nfe_budget={budget})"
+            raise ValueError(
+                f"`nfe_budget`={nfe_budget} is too small for one particle over the grid."
+            )
+        origin = f" (from nfe_budget={nfe_budget})"
     check_divisible(check_mesh(mesh), n, "num_particles", origin)
     return n
 

@@ -65,8 +65,14 @@ from psijax._checks import check_int, check_real
 from psijax._deprecation import deprecated
 from psijax.align.chains import Chains
 from psijax.align.denoising import run_smc
-from psijax.align.guidance import DEFAULT_NUM_PARTICLES, best_of_n, dps, freedom
-from psijax.align.predictors import Tweedie, as_predictor
+from psijax.align.guidance import (
+    DEFAULT_NUM_PARTICLES,
+    best_of_n,
+    count_or_budget,
+    dps,
+    freedom,
+)
+from psijax.align.predictors import as_predictor
 from psijax.align.problem import RewardProblem, check_problem
 from psijax.align.proposals import Bootstrap, Twisted
 from psijax.align.result import AlignmentResult, SamplerInfo
@@ -270,19 +276,8 @@ def smc(
     times = denoising_grid(num_steps, grid)
     num_steps = times.shape[0] - 1
     diffusion = reference_diffusion() if diffusion is None else check_diffusion(diffusion)
-    if nfe_budget is None:
-        num_particles = check_int(
-            DEFAULT_NUM_PARTICLES if num_particles is None else num_particles, "num_particles"
-        )
-    else:
-        if num_particles is not None:
-            raise ValueError("Give `num_particles` or `nfe_budget`, not both.")
-        if not isinstance(problem.x0_predictor, Tweedie):
-            raise ValueError(
-                "`nfe_budget` needs the SMC's predictor to be Tweedie (a flow-map or custom "
-                "predictor's cost per evaluation is not known in advance); give `num_particles` "
-                "and read `result.nfe`."
-            )
+    num_particles = count_or_budget(num_particles, nfe_budget, problem)
+    if num_particles is None:  # from the budget
         if init.adaptive_cost:
             raise ValueError(
                 f"`nfe_budget` cannot be split with init={type(init).__name__}(...) "
