@@ -34,6 +34,12 @@ def check_int(value, name: str, minimum: int = 1, maximum: int | None = None) ->
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         array = None if isinstance(value, (bool, np.bool_)) else concrete_value(value)
+        if array is None and isinstance(value, jax.core.Tracer):
+            raise TypeError(
+                f"`{name}` must be a static (concrete) int{_int_range(minimum, maximum)}: it "
+                "fixes an array shape, so it cannot be traced; pass it as a Python int (e.g. "
+                "mark it static with jax.jit(..., static_argnames=...) or close over it)."
+            )
         if array is None or array.shape != () or not np.issubdtype(array.dtype, np.integer):
             allowed = _int_range(minimum, maximum)
             raise TypeError(f"`{name}` must be an int{allowed}, got {value!r}.")

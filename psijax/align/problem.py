@@ -14,8 +14,10 @@ a **single** sample of shape ``event_shape``; the samplers vmap over particles.
 """
 
 import dataclasses
+import math
 from typing import Callable, Mapping
 
+import jax
 import jax.numpy as jnp
 from blackjax.types import Array, ArrayLike
 
@@ -114,6 +116,29 @@ class RewardProblem:
             raise ValueError("Give the flow map's options in FlowMap(...), not flow_map_options.")
         predictor = as_predictor(predictor)
         object.__setattr__(self, "x0_predictor", predictor)
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """The user's functions, traced once with :func:`jax.eval_shape` on one abstract float32
+        sample (nothing is computed): ``v(x, t)`` must have ``event_shape``, ``r(x0)`` one value,
+        a custom predictor's ``x̂0`` ``event_shape``. A ``ValueError`` naming the function and
+        the shapes otherwise, instead of a JAX error deep inside a sampler."""
+        shape = self.event_shape
+        x = jax.ShapeDtypeStruct(shape, jnp.float32)
+        t = jax.ShapeDtypeStruct((), jnp.float32)
+        on_x_t = f"x of shape `event_shape` = {shape} and a scalar t"
+        v = _abstract(self.velocity_fn, "velocity_fn", on_x_t, x, t)
+        _expect(v, shape, "velocity_fn", "v(x, t)", on_x_t)
+        r = _abstract(self.reward_fn, "reward_fn", f"x0 of shape `event_shape` = {shape}", x)
+        if not (hasattr(r, "shape") and math.prod(r.shape) == 1):
+            raise ValueError(
+                f"`reward_fn` must return one scalar per sample (shape ()), got "
+                f"{_describe(r)} for x0 of shape `event_shape` = {shape}; the samplers vmap "
+                "over particles themselves, so r acts on a single sample."
+            )
+        if not isinstance(self.x0_predictor, (Tweedie, FlowMap)):
+            x0 = _abstract(self.predict_x0, "x0_predictor", on_x_t, x, t)
+            _expect(x0, shape, "x0_predictor", "x̂0(x, t)", on_x_t)
 
     @property
     def is_tweedie(self) -> bool:
@@ -158,6 +183,30 @@ class RewardProblem:
         """``r(x0)`` on one sample as a float32 (or wider) scalar."""
         r = jnp.asarray(self.reward_fn(x0))
         return r.astype(jnp.result_type(jnp.float32, r.dtype)).reshape(())
+
+
+def _abstract(fn, name: str, called_on: str, *args):
+    """``jax.eval_shape(fn, *args)``; a ``ValueError`` naming ``name`` if tracing fails."""
+    try:
+        return jax.eval_shape(fn, *args)
+    except Exception as err:  # the user's function failed on the documented input
+        raise ValueError(
+            f"`{name}` failed when traced on {called_on} (float32): {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
+
+
+def _describe(out) -> str:
+    if hasattr(out, "shape"):
+        return f"shape {tuple(out.shape)}"
+    return f"{type(out).__name__} {jax.tree.map(lambda a: getattr(a, 'shape', a), out)}"
+
+
+def _expect(out, shape: tuple, name: str, what: str, called_on: str) -> None:
+    if not (hasattr(out, "shape") and tuple(out.shape) == shape):
+        raise ValueError(
+            f"`{name}` must return {what} of shape {shape} on {called_on}, got {_describe(out)}."
+        )
 
 
 def check_problem(problem) -> RewardProblem:

@@ -49,6 +49,7 @@ estimates ``Z / Z_init`` (``info.log_normalizer_smc``) or nothing exact (Top-K).
 """
 
 import dataclasses
+import difflib
 import inspect
 import math
 import textwrap
@@ -392,12 +393,31 @@ class NamedSampler:
                 )
             deprecated(f"{self.name}(init={kwargs['init']!r})", "psijax.align.smc(init=Stage(...))")
             return smc(rng_key, problem, **{**self.config, **kwargs})
+        self._check_keywords(kwargs)
         stage_fields = set(self._stage_names())
         stage_options = {k: kwargs.pop(k) for k in list(kwargs) if k in stage_fields}
         config = dict(self.config)
         if stage_options:
             config["init"] = dataclasses.replace(self.init, **stage_options)
         return smc(rng_key, problem, **{**config, **kwargs})
+
+    def _check_keywords(self, kwargs: dict) -> None:
+        """A ``TypeError`` naming this sampler (not the internals it calls) for a keyword it
+        does not take, with the closest names it does take."""
+        from psijax.align.init import RENAMED_OPTIONS  # the 0.1 spellings still accepted
+
+        accepted = [p for p in self.__signature__.parameters if p not in ("rng_key", "problem")]
+        unknown = sorted(set(kwargs) - {*accepted, *RENAMED_OPTIONS, "init_predictor"})
+        if unknown:
+            hints = [
+                f"{k!r} (did you mean {close[0]!r}?)" if close else repr(k)
+                for k in unknown
+                for close in [difflib.get_close_matches(k, accepted, n=1)]
+            ]
+            raise TypeError(
+                f"{self.name}() got unexpected keyword arguments: {', '.join(hints)}; it takes "
+                f"{', '.join(accepted)}."
+            )
 
     @property
     def __signature__(self) -> inspect.Signature:
