@@ -7,6 +7,12 @@ can be scored without resampling. The functions are pure JAX and jit-able; when 
 concrete (not traced), shapes and weights are validated and a ``ValueError`` names the
 offending argument.
 
+**Non-finite values never give a number.** A sample holding NaN or ``±inf`` with positive
+weight (or a non-finite weight) is a ``ValueError`` naming the argument when the inputs are
+concrete; under ``jit`` (traced inputs, nothing can be raised) every metric returns NaN for
+it. Samples of weight **zero** are ignored even when non-finite: an SMC's dead particles may
+hold NaN, and their weight already says they do not count.
+
 - :func:`mmd`: squared maximum mean discrepancy with an RBF kernel (median-heuristic, fixed or
   multi-scale bandwidth), unbiased U-statistic or biased V-statistic.
 - :func:`energy_distance`: ``2E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖`` (U- or V-statistic).
@@ -109,7 +115,7 @@ def mmd(
     The squared MMD, a scalar.
 
     """
-    x, y, w, v = _two_samples(x, y, x_weights, y_weights, need_pairs=not biased)
+    x, y, w, v, bad = _two_samples(x, y, x_weights, y_weights, need_pairs=not biased)
     _check_block_size(block_size)
     if isinstance(bandwidth, str):
         if bandwidth != "median":
@@ -122,7 +128,7 @@ def mmd(
         check_real(scales, "bandwidth", gt=0.0, scalar=False)
         scales = jnp.atleast_1d(scales)
     u_statistic, v_statistic = _mmd(x, y, w, v, scales, block_size=block_size)
-    return v_statistic if biased else u_statistic
+    return _nan_if(v_statistic if biased else u_statistic, *bad)
 
 
 def median_heuristic_bandwidth(
@@ -161,10 +167,10 @@ def median_heuristic_bandwidth(
     The bandwidth ``ℓ`` (a scalar).
 
     """
-    x, y, w, v = _two_samples(x, y, x_weights, y_weights, need_pairs=False)
+    x, y, w, v, bad = _two_samples(x, y, x_weights, y_weights, need_pairs=False)
     if max_points < 2:
         raise ValueError(f"`max_points` must be >= 2, got {max_points!r}.")
-    return _median_bandwidth(x, y, w, v, max_points=max_points)
+    return _nan_if(_median_bandwidth(x, y, w, v, max_points=max_points), *bad)
 
 
 @functools.partial(jax.jit, static_argnames=("max_points",))
@@ -246,10 +252,10 @@ def energy_distance(
     The energy distance, a scalar.
 
     """
-    x, y, w, v = _two_samples(x, y, x_weights, y_weights, need_pairs=not biased)
+    x, y, w, v, bad = _two_samples(x, y, x_weights, y_weights, need_pairs=not biased)
     _check_block_size(block_size)
     u_statistic, v_statistic = _energy_distance(x, y, w, v, block_size=block_size)
-    return v_statistic if biased else u_statistic
+    return _nan_if(v_statistic if biased else u_statistic, *bad)
 
 
 @functools.partial(jax.jit, static_argnames=("block_size",))
@@ -302,11 +308,12 @@ def sliced_wasserstein(
     The sliced Wasserstein-p distance, a scalar.
 
     """
-    x, y, w, v = _two_samples(x, y, x_weights, y_weights, need_pairs=False)
+    x, y, w, v, bad = _two_samples(x, y, x_weights, y_weights, need_pairs=False)
     p = _check_p(p)
     if num_projections < 1:
         raise ValueError(f"`num_projections` must be >= 1, got {num_projections!r}.")
-    return _sliced_wasserstein(rng_key, x, y, w, v, num_projections=num_projections, p=p)
+    value = _sliced_wasserstein(rng_key, x, y, w, v, num_projections=num_projections, p=p)
+    return _nan_if(value, *bad)
 
 
 @functools.partial(jax.jit, static_argnames=("num_projections", "p"))
@@ -360,7 +367,8 @@ def wasserstein_1d(
     p = _check_p(p)
     w = _check_weights(x_weights, x.shape[0], "x_weights")
     v = _check_weights(y_weights, y.shape[0], "y_weights")
-    return _wasserstein_1d(x, y, w, v, p=p)
+    (x, bad_x), (y, bad_y) = _finite(x, w, "x"), _finite(y, v, "y")
+    return _nan_if(_wasserstein_1d(x, y, w, v, p=p), bad_x, bad_y)
 
 
 @functools.partial(jax.jit, static_argnames=("p",))
@@ -401,7 +409,9 @@ def mode_occupancy(x: ArrayLike, modes: ArrayLike, *, weights: ArrayLike | None 
         raise ValueError(
             f"`modes` must have the dimension of `x` ({x.shape[1]}), got shape {modes.shape}."
         )
-    return _mode_occupancy(x, modes, _check_weights(weights, x.shape[0], "weights"))
+    weights = _check_weights(weights, x.shape[0], "weights")
+    (x, bad), (modes, bad_modes) = _finite(x, weights, "x"), _finite(modes, None, "modes")
+    return _nan_if(_mode_occupancy(x, modes, weights), bad, bad_modes)
 
 
 @jax.jit
@@ -488,7 +498,9 @@ def weighted_mean_and_sd(
     values = jnp.asarray(values)
     if values.ndim == 0 or values.shape[0] == 0:
         raise ValueError(f"`values` must have shape (n, ...) with n >= 1, got {values.shape}.")
-    return _weighted_mean_and_sd(values, _check_weights(weights, values.shape[0], "weights"))
+    weights = _check_weights(weights, values.shape[0], "weights")
+    values, bad = _finite(values, weights, "values")
+    return _nan_if(_weighted_mean_and_sd(values, weights), bad)
 
 
 @jax.jit
@@ -573,6 +585,41 @@ def _check_weights(
     return weights
 
 
+def _finite(x: Array, weights: Array | None, name: str) -> tuple[Array, Array | None]:
+    """``x`` with its non-finite rows of zero weight zeroed (an SMC's dead particles may hold
+    NaN), and whether a row of positive weight is non-finite.
+
+    Concrete inputs with such a row are a ``ValueError`` (no metric of them means anything);
+    for traced inputs the flag is returned (``None`` when concrete) and the caller returns NaN.
+    """
+    axes = tuple(range(1, x.ndim))
+    bad = ~jnp.all(jnp.isfinite(x), axis=axes) if axes else ~jnp.isfinite(x)
+    used = jnp.ones_like(bad) if weights is None else jnp.asarray(weights) > 0
+    invalid = jnp.any(bad & used)
+    if not (_is_traced(x) or _is_traced(weights)):
+        if bool(invalid):
+            rows = np.flatnonzero(np.asarray(bad & used))
+            raise ValueError(
+                f"`{name}` holds non-finite values (NaN or inf) in {rows.size} sample(s) of "
+                f"positive weight (first at index {rows[0]}): a metric of them would be "
+                "meaningless. Drop them or give them weight zero."
+            )
+        invalid = None
+    if not bool(jnp.issubdtype(x.dtype, jnp.inexact)):
+        return x, invalid
+    mask = bad.reshape(bad.shape + (1,) * len(axes))
+    return jnp.where(mask, jnp.zeros((), x.dtype), x), invalid
+
+
+def _nan_if(value, *flags):
+    """``value`` (an array or a tuple of them), NaN where any traced flag is set."""
+    flags = [f for f in flags if f is not None]
+    if not flags:
+        return value
+    invalid = functools.reduce(jnp.logical_or, flags)
+    return jax.tree.map(lambda a: jnp.where(invalid, jnp.nan, a), value)
+
+
 def _normalize(weights: Array | None, n: int, dtype) -> Array:
     """Weights divided by their sum; uniform ``1/n`` for ``None``."""
     if weights is None:
@@ -593,7 +640,8 @@ def _check_p(p) -> float:
 
 
 def _two_samples(x, y, x_weights, y_weights, need_pairs: bool):
-    """Validated ``(n, d)`` arrays ``x, y`` with equal ``d`` and their checked weights."""
+    """Validated ``(n, d)`` arrays ``x, y`` with equal ``d``, their checked weights and the
+    non-finite flags of :func:`_finite`."""
     x, y = _samples(x, "x"), _samples(y, "y")
     if x.shape[1] != y.shape[1]:
         raise ValueError(
@@ -606,7 +654,9 @@ def _two_samples(x, y, x_weights, y_weights, need_pairs: bool):
     # uniform weights as an array, so that weighted and unweighted calls share compilations
     w = _check_weights(x_weights, x.shape[0], "x_weights", default_ones=True)
     v = _check_weights(y_weights, y.shape[0], "y_weights", default_ones=True)
-    return x, y, w, v
+    x, bad_x = _finite(x, w, "x")
+    y, bad_y = _finite(y, v, "y")
+    return x, y, w, v, [bad_x, bad_y]
 
 
 def _prepare(x, y, w, v):

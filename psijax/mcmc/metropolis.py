@@ -9,15 +9,17 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from blackjax.types import Array, ArrayLikeTree, PRNGKey
 
-from psijax._checks import check_real
+from psijax._checks import check_real, concrete_value
 from psijax._tree import accumulation_dtype, tree_all_finite
 
 __all__ = [
     "AcceptStats",
     "check_step_size",
     "crank_nicolson_coefficients",
+    "checked_initial_logdensity",
     "is_valid",
     "metropolis_step",
 ]
@@ -77,3 +79,28 @@ def is_valid(logdensity: Array, *trees: ArrayLikeTree) -> Array:
     for tree in trees:
         valid = valid & tree_all_finite(tree)
     return valid
+
+
+def checked_initial_logdensity(
+    position: ArrayLikeTree, logdensity: Array, *trees: ArrayLikeTree
+) -> Array:
+    """The initial log-density of a chain, after checking that the chain can start there.
+
+    A chain started at a NaN/inf position, or where the log-density is NaN or ``+inf`` (or a
+    given pytree, the gradient, is not finite), can never move: every proposal from it is
+    non-finite and rejected. With concrete values that is a ``ValueError`` here; under
+    ``jit``/``vmap`` nothing can be raised, and the returned log-density is NaN, so the state
+    says so (``jnp.isnan(state.logdensity)``) instead of looking like a working chain.
+    """
+    valid = tree_all_finite(position) & ~jnp.isnan(logdensity) & (logdensity < jnp.inf)
+    for tree in trees:
+        valid = valid & tree_all_finite(tree)
+    concrete = concrete_value(valid)
+    if concrete is not None and not concrete.all():
+        bad = int(np.flatnonzero(~concrete.reshape(-1))[0]) if concrete.ndim else None
+        where = "" if bad is None else f" (first invalid chain: {bad})"
+        raise ValueError(
+            "the initial `position` must be finite, with a log-density that is not NaN or +inf "
+            f"and a finite gradient there{where}: a chain started there can never move."
+        )
+    return jnp.where(valid, logdensity, jnp.nan)

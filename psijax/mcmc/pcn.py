@@ -17,6 +17,7 @@ from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 from psijax._tree import accumulation_dtype, tree_normal, tree_vdot
 from psijax.mcmc.metropolis import (
     check_step_size,
+    checked_initial_logdensity,
     crank_nicolson_coefficients,
     is_valid,
     metropolis_step,
@@ -54,8 +55,9 @@ class PCNInfo(NamedTuple):
 
 
 def init(position: ArrayLikeTree, logdensity_fn: Callable) -> PCNState:
-    """Evaluate ``log π`` at ``position``."""
-    return PCNState(position, logdensity_fn(position))
+    """Evaluate ``log π`` at ``position`` (checked:
+    :func:`psijax.mcmc.metropolis.checked_initial_logdensity`)."""
+    return PCNState(position, checked_initial_logdensity(position, logdensity_fn(position)))
 
 
 def build_kernel() -> Callable:

@@ -26,7 +26,12 @@ from psijax._tree import (
     tree_sq_norm,
     tree_vdot,
 )
-from psijax.mcmc.metropolis import check_step_size, crank_nicolson_coefficients, metropolis_step
+from psijax.mcmc.metropolis import (
+    check_step_size,
+    checked_initial_logdensity,
+    crank_nicolson_coefficients,
+    metropolis_step,
+)
 
 __all__ = [
     "MAX_STEP_SIZE",
@@ -78,8 +83,10 @@ class PCNLInfo(NamedTuple):
 
 
 def init(position: ArrayLikeTree, logdensity_fn: Callable) -> PCNLState:
-    """Evaluate ``log π`` and its gradient at ``position``."""
+    """Evaluate ``log π`` and its gradient at ``position`` (checked:
+    :func:`psijax.mcmc.metropolis.checked_initial_logdensity`)."""
     logdensity, logdensity_grad = jax.value_and_grad(logdensity_fn)(position)
+    logdensity = checked_initial_logdensity(position, logdensity, logdensity_grad)
     return PCNLState(position, logdensity, logdensity_grad)
 
 

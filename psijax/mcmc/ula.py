@@ -13,7 +13,7 @@ from blackjax.base import SamplingAlgorithm, build_sampling_algorithm
 from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 
 from psijax._tree import tree_normal
-from psijax.mcmc.metropolis import check_step_size, is_valid
+from psijax.mcmc.metropolis import check_step_size, checked_initial_logdensity, is_valid
 
 __all__ = ["HAS_ACCEPT_STEP", "ULAState", "ULAInfo", "init", "build_kernel", "as_top_level_api"]
 
@@ -47,8 +47,10 @@ class ULAInfo(NamedTuple):
 
 
 def init(position: ArrayLikeTree, logdensity_fn: Callable) -> ULAState:
-    """Evaluate ``log π`` and its gradient at ``position``."""
+    """Evaluate ``log π`` and its gradient at ``position`` (checked:
+    :func:`psijax.mcmc.metropolis.checked_initial_logdensity`)."""
     logdensity, logdensity_grad = jax.value_and_grad(logdensity_fn)(position)
+    logdensity = checked_initial_logdensity(position, logdensity, logdensity_grad)
     return ULAState(position, logdensity, logdensity_grad)
 
 

@@ -31,9 +31,17 @@ are scaled by the actual total of the cumulative sum (so a sum of ``1 − 10⁻�
 renormalized instead of biasing the last particle), the search uses ``side="right"`` (a
 zero-weight particle has an empty interval ``[C_{i−1}, C_i)``), and any index that floating
 point still lands on a zero-weight particle (or past the end) is moved to the next particle of
-positive weight, or to the last one. If no weight is positive the weights are treated as
-uniform: the result stays in range, but a driver should not resample then (see
-:mod:`psijax.smc.weights`). Systematic and SSP are computed from offspring counts instead (see
+positive weight, or to the last one.
+
+**Degenerate weights.** Called with concrete weights, every scheme raises a ``ValueError``
+for an empty vector, a ``+inf`` entry, or no positive finite entry (all zero, NaN or
+negative): there is no right answer to return. Under ``jit`` (traced weights) nothing can be
+raised: NaN, ``±inf`` and negative entries count as zero and, if no entry is left positive,
+**every scheme draws from uniform weights** (so the result is the same law for every
+scheme, not an artefact of one). An SMC never gets there:
+:func:`psijax.smc.weights.resample_if_needed` does not resample all-zero weights and the run
+reports itself collapsed (``SMCInfo.collapsed``); a user's own loop can test
+``jnp.any(weights > 0)``. Systematic and SSP are computed from offspring counts instead (see
 their docstrings). A limit that remains for the inverse-CDF schemes: the float32 cumulative sum
 resolves an interval only to about ``2⁻²⁴`` absolute, i.e. a relative ``N·6·10⁻⁸`` of an average
 weight (6 % at ``N = 2²⁰``, 0.4 % at ``2¹⁶``, negligible at ``N ≲ 10⁴``); enable float64 for
@@ -46,8 +54,11 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from blackjax.types import Array, ArrayLike, PRNGKey
 from jax import lax
+
+from psijax._checks import concrete_value
 
 __all__ = [
     "multinomial",
@@ -339,12 +350,29 @@ def offspring_counts(ancestors: ArrayLike, n: int) -> Array:
 # Private helpers
 # ----------------------------------------------------------------------------------------------
 def _as_weights(weights: ArrayLike) -> Array:
-    """Weights as a float (≥ float32) vector with NaN, ±inf and negative entries set to 0."""
+    """Weights as a float (≥ float32) vector with NaN, ±inf and negative entries set to 0, and
+    all ones when no entry is left positive (traced weights only: concrete ones are checked).
+    """
     weights = jnp.asarray(weights)
-    if weights.ndim != 1:
-        raise ValueError(f"`weights` must have shape (N,), got {weights.shape}.")
+    if weights.ndim != 1 or weights.shape[0] == 0:
+        raise ValueError(f"`weights` must have shape (N,) with N >= 1, got {weights.shape}.")
+    concrete = concrete_value(weights)
+    if concrete is not None and np.issubdtype(concrete.dtype, np.number):
+        values = concrete.astype(np.float64)
+        if np.any(np.isposinf(values)):
+            raise ValueError(
+                f"`weights` holds +inf (first at index {np.flatnonzero(np.isposinf(values))[0]}):"
+                " normalize the log-weights first (psijax.smc.weights.normalize)."
+            )
+        if not np.any(np.isfinite(values) & (values > 0)):
+            raise ValueError(
+                "`weights` has no positive finite entry: there is nothing to resample from "
+                "(an SMC whose weights are all zero has collapsed; "
+                "psijax.smc.weights.resample_if_needed does not resample then)."
+            )
     weights = weights.astype(jnp.result_type(jnp.float32, weights.dtype))
-    return jnp.where(jnp.isfinite(weights) & (weights > 0), weights, 0.0)
+    valid = jnp.where(jnp.isfinite(weights) & (weights > 0), weights, 0.0)
+    return jnp.where(jnp.any(valid > 0), valid, jnp.ones_like(valid))
 
 
 def _total(weights: Array) -> Array:

@@ -236,36 +236,49 @@ def resample_if_needed(
     ------
     ValueError
         If a concrete ``threshold`` is outside ``[0, 1]``, ``num_resampled`` outside
-        ``[2, N]``, or ``scheme`` is an unknown name.
+        ``[2, N]``, ``scheme`` is an unknown name, ``log_weights`` is empty or not ``(N,)``, or
+        a leaf of ``particles`` has another leading axis.
 
     """
     check_threshold(threshold)
     if isinstance(scheme, str):
         scheme = get_scheme(scheme)
     log_weights = sanitize(log_weights)
+    if log_weights.ndim != 1 or log_weights.shape[0] == 0:
+        raise ValueError(
+            f"`log_weights` must have shape (N,) with N >= 1, got {log_weights.shape}."
+        )
     n = log_weights.shape[0]
+    lengths = {jnp.shape(leaf)[:1] for leaf in jax.tree.leaves(particles)}
+    if lengths - {(n,)}:
+        raise ValueError(
+            f"every leaf of `particles` must have the leading axis N = {n} of `log_weights`, got "
+            f"leading shapes {sorted(lengths)}."
+        )
     if num_resampled is not None:
         num_resampled = check_int(num_resampled, "num_resampled", 2, n)
     weights, log_sum = normalize(log_weights)
     ess_value = _ess_from_weights(weights)
     resampled = (ess_value <= threshold * n) & jnp.isfinite(log_sum) & jnp.asarray(allowed)
 
-    def do_resample(_):
+    # the weights are operands, not closed over: the branch not taken never sees them concrete
+    # (a scheme checks concrete weights, and all-zero ones are kept, not resampled)
+    def do_resample(operands):
+        key, weights, log_weights, particles = operands
         if num_resampled is None or num_resampled == n:
-            ancestors = scheme(rng_key, weights, n).astype(jnp.int32)
+            ancestors = scheme(key, weights, n).astype(jnp.int32)
             new_log_weights = jnp.zeros_like(log_weights)
         else:
-            ancestors, new_log_weights = _resample_subset(
-                rng_key, log_weights, scheme, num_resampled
-            )
+            ancestors, new_log_weights = _resample_subset(key, log_weights, scheme, num_resampled)
         new_particles = jax.tree.map(lambda leaf: jnp.take(leaf, ancestors, axis=0), particles)
         return new_particles, new_log_weights, ancestors
 
-    def keep(_):
-        particles_out = jax.tree.map(jnp.asarray, particles)
-        return particles_out, log_weights, jnp.arange(n, dtype=jnp.int32)
+    def keep(operands):
+        _, _, log_weights, particles = operands
+        return particles, log_weights, jnp.arange(n, dtype=jnp.int32)
 
-    new_particles, new_log_weights, ancestors = lax.cond(resampled, do_resample, keep, None)
+    operands = (rng_key, weights, log_weights, jax.tree.map(jnp.asarray, particles))
+    new_particles, new_log_weights, ancestors = lax.cond(resampled, do_resample, keep, operands)
     return ResampleResult(new_particles, new_log_weights, ancestors, resampled, ess_value)
 
 
