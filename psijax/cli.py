@@ -10,9 +10,16 @@
 - ``bench``: compile and run times of the samplers (:mod:`psijax.experiments.bench`).
 
 Every command writes its figure (PNG), its results (JSON, and CSV rows) and, for the studies,
-a markdown table into ``--out``, shows a progress bar unless ``--no-progress``, and takes
-``--compilation-cache DIR`` (or ``$PSIJAX_COMPILATION_CACHE``), JAX's persistent compilation
-cache, so that repeated runs at the same sizes skip most compilation.
+a markdown table into ``--out`` (default ``./psijax-<command>``) and prints their absolute
+paths, shows a progress bar unless ``--no-progress``, and takes ``--compilation-cache DIR`` (or
+``$PSIJAX_COMPILATION_CACHE``), JAX's persistent compilation cache, so that repeated runs at
+the same sizes skip most compilation.
+
+Nothing runs before the arguments are checked: a wrong value, an ``--out`` that cannot be
+written, or sizes whose estimated memory (:func:`toy_memory_bytes`,
+:func:`digits_memory_bytes`) exceeds the machine's (:func:`available_memory`) exit with one
+line ``psijax: --option value: reason``. Building the parser imports no JAX, so ``psijax
+--help`` and ``psijax --version`` answer at once.
 """
 
 import argparse
@@ -730,6 +737,9 @@ def _check_acceptance(args: argparse.Namespace) -> None:
         raise SystemExit("psijax: --step-sizes must all be > 0")
     if not 0 <= args.burn_in < args.steps:
         raise SystemExit("psijax: --burn-in must satisfy 0 <= burn-in < steps")
+    # the chains keep a few copies of their states at a time: as conservative as the toy's
+    needed = BASE_BYTES + args.chains * max(args.dims) * BYTES_PER_COORDINATE
+    _check_memory(needed, f"--dims {max(args.dims)}")
 
 
 def build_parser() -> argparse.ArgumentParser:

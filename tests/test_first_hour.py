@@ -79,6 +79,7 @@ def test_subcommand_help_lists_the_methods(capsys):
         ["demo", "--budget", "1000000000"],
         ["toy", "--budget", "1000000000", "--models", "exact"],
         ["bench", "--particles", "100000000"],
+        ["acceptance", "--dims", "16", "10000000000"],
     ],
 )
 def test_a_run_beyond_the_machines_memory_is_refused_before_it_starts(argv, monkeypatch):
