@@ -92,13 +92,14 @@ def available_memory() -> int | None:
 
 BASE_BYTES = 2 * 1024**3
 """What a study needs before its particles: the interpreter, JAX, XLA's compiled programs and
-the fixed-size references (measured: about 1 GB at the default budget; doubled)."""
-BYTES_PER_COORDINATE = 4 * 400
-"""Bytes per particle coordinate of a toy run: float32 (4 bytes) times a factor of 200 for
+the fixed-size references (measured peak of the default ``psijax demo``: 0.94 GB; doubled)."""
+BYTES_PER_COORDINATE = 4 * 450
+"""Bytes per particle coordinate of a toy run: float32 (4 bytes) times a factor of 450 for
 the copies XLA keeps alive in one SMC step (positions, means, twist gradients and their
 reverse-mode residuals, reward caches, resampling gathers) and the metrics' blocks. Measured
-(peak resident memory less that of the default budget, per coordinate of ``B/T`` particles)
-at about 100 on CPU for the demo's methods; doubled, so the estimate is conservative."""
+on CPU for the demo's methods: about 900 bytes a coordinate (the 72 GB the demo asked for at
+B = 10⁹, 4·10⁷ particles in 2D; 560 bytes from the peak at B = 10⁷); doubled, so the
+estimate is conservative."""
 
 
 def toy_memory_bytes(budget: int, num_steps: int, dim: int, num_settings: int = 1) -> int:
@@ -116,8 +117,9 @@ def toy_memory_bytes(budget: int, num_steps: int, dim: int, num_settings: int = 
 
 DIGITS_BYTES_PER_PARTICLE = 2 * 1024**2
 """Bytes per particle of a digits run: the gradient of the reward through the small FLUX keeps
-every block's activations of the batch alive, about 4 blocks × 17 tokens × 64 channels × 30
-tensors × 4 bytes ≈ 0.5 MB a particle; four times that, as an upper estimate (not measured)."""
+every block's activations of the batch alive. Measured on CPU (``smc``, one target): a peak of
+1.05 GB at the default B = 1000 (40 particles), 1.41 GB at B = 10,000 (400), about 1 MB a
+particle; doubled."""
 
 
 def digits_memory_bytes(budget: int, num_steps: int, pool_size: int) -> int:
