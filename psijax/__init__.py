@@ -10,15 +10,17 @@ The MCMC kernels are exposed BlackJAX-style::
 and ``psijax.pcnl.init`` / ``psijax.pcnl.build_kernel`` are the pieces BlackJAX's SMC takes.
 
 The subpackages (``align``, ``flows``, ``mcmc``, ``metrics``, ``models``, ``smc``,
-``experiments``) are imported on first use, so ``import psijax`` costs JAX, BlackJAX and the
-kernels only: the models (Flax, FLUX) and diffrax load when something asks for them.
+``experiments``) and the kernels are imported on first use, so ``import psijax`` loads nothing
+heavy (the ``psijax`` command answers ``--help`` and ``--version`` without JAX): the kernels
+(``psijax.pcnl`` …) load JAX and BlackJAX, and the models (Flax, FLUX) and diffrax load when
+something asks for them.
 """
 
 import importlib
 
-from psijax.mcmc.api import pcn, pcnl, ula
-
 __version__ = "0.1.0"
+
+_KERNELS = ("pcn", "pcnl", "ula")
 
 _SUBMODULES = ("align", "experiments", "flows", "mcmc", "metrics", "models", "smc")
 
@@ -26,10 +28,14 @@ __all__ = [*_SUBMODULES, "pcn", "pcnl", "ula", "__version__"]
 
 
 def __getattr__(name: str):
+    if name in _KERNELS:
+        from psijax.mcmc import api
+
+        return getattr(api, name)
     if name in _SUBMODULES:
         return importlib.import_module(f"psijax.{name}")
     raise AttributeError(f"module 'psijax' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_SUBMODULES))
+    return sorted(set(globals()) | set(_SUBMODULES) | set(_KERNELS))

@@ -10,24 +10,147 @@
 - ``bench``: compile and run times of the samplers (:mod:`psijax.experiments.bench`).
 
 Every command writes its figure (PNG), its results (JSON, and CSV rows) and, for the studies,
-a markdown table into ``--out``, shows a progress bar unless ``--no-progress``, and takes
-``--compilation-cache DIR`` (or ``$PSIJAX_COMPILATION_CACHE``), JAX's persistent compilation
-cache, so that repeated runs at the same sizes skip most compilation.
+a markdown table into ``--out`` (default ``./psijax-<command>``) and prints their absolute
+paths, shows a progress bar unless ``--no-progress``, and takes ``--compilation-cache DIR`` (or
+``$PSIJAX_COMPILATION_CACHE``), JAX's persistent compilation cache, so that repeated runs at
+the same sizes skip most compilation.
+
+Nothing runs before the arguments are checked: a wrong value, an ``--out`` that cannot be
+written, or sizes whose estimated memory (:func:`toy_memory_bytes`,
+:func:`digits_memory_bytes`) exceeds the machine's (:func:`available_memory`) exit with one
+line ``psijax: --option value: reason``. Building the parser imports no JAX, so ``psijax
+--help`` and ``psijax --version`` answer at once.
 """
 
 import argparse
 import os
 import sys
+import tempfile
 import time
 
 from psijax.experiments import records
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "available_memory", "toy_memory_bytes", "digits_memory_bytes"]
 
 DEMO_METHODS = ("psi_sampler", "smc", "das", "tempered_smc", "dps", "best_of_n")
 DEMO_PRESET = "six_modes_mixture"
 ACCEPTANCE_DIMS = (16, 256, 4096, 65536)
 ACCEPTANCE_STEP_SIZES = (0.5,)
+
+
+# -- checks before anything runs -----------------------------------------------------------------
+def _version() -> str:
+    """The installed distribution's version, else the package's ``__version__``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("psijax")
+    except metadata.PackageNotFoundError:
+        import psijax
+
+        return getattr(psijax, "__version__", "unknown")
+
+
+def _check_out(out: str) -> None:
+    """``--out`` must be a folder this process can write into, or creatable as one: checked
+    (without creating anything) before any computation, a one-line error otherwise."""
+    path = os.path.abspath(out)
+    existing = path
+    while not os.path.exists(existing):  # the nearest existing ancestor gets the new folder
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        what = "is a file" if existing == path else f"{existing} is a file"
+        raise SystemExit(f"psijax: --out {out}: {what}, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        where = "" if existing == path else f" (into {existing})"
+        raise SystemExit(
+            f"psijax: --out {out}: cannot write there{where}: {err.strerror}"
+        ) from None
+
+
+def available_memory() -> int | None:
+    """This machine's physical memory in bytes (``sysconf``, else ``/proc/meminfo``'s
+    ``MemTotal``); ``None`` when neither tells."""
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        if pages > 0 and size > 0:
+            return pages * size
+    except (AttributeError, OSError, ValueError):
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+BASE_BYTES = 2 * 1024**3
+"""What a study needs before its particles: the interpreter, JAX, XLA's compiled programs and
+the fixed-size references (measured peak of the default ``psijax demo``: 0.94 GB; doubled)."""
+BYTES_PER_COORDINATE = 4 * 450
+"""Bytes per particle coordinate of a toy run: float32 (4 bytes) times a factor of 450 for
+the copies XLA keeps alive in one SMC step (positions, means, twist gradients and their
+reverse-mode residuals, reward caches, resampling gathers) and the metrics' blocks. Measured
+on CPU for the demo's methods: about 900 bytes a coordinate (the 72 GB the demo asked for at
+B = 10⁹, 4·10⁷ particles in 2D; 560 bytes from the peak at B = 10⁷); doubled, so the
+estimate is conservative."""
+
+
+def toy_memory_bytes(budget: int, num_steps: int, dim: int, num_settings: int = 1) -> int:
+    """A conservative estimate of the peak memory (bytes) of a toy study at ``budget`` NFE over
+    ``num_steps`` steps in ``dim`` dimensions: :data:`BASE_BYTES` plus ``N × dim ×``
+    :data:`BYTES_PER_COORDINATE` for the largest particle count ``N = ⌊B/T⌋`` any method (and
+    the exact reference rows) uses; initial-stage methods run half as many, Top-K's candidates
+    and chains fewer coordinates at a time. The settings run one after another, so only the
+    kept seed-0 particles of each (``N × dim × 8`` bytes per method, float32 samples and
+    float64 weights, ``num_settings`` × 10 methods at most) add up."""
+    n = budget // max(num_steps, 1)
+    kept = num_settings * 10 * n * (4 * dim + 8)
+    return BASE_BYTES + n * dim * BYTES_PER_COORDINATE + kept
+
+
+DIGITS_BYTES_PER_PARTICLE = 2 * 1024**2
+"""Bytes per particle of a digits run: the gradient of the reward through the small FLUX keeps
+every block's activations of the batch alive. Measured on CPU (``smc``, one target): a peak of
+1.05 GB at the default B = 1000 (40 particles), 1.41 GB at B = 10,000 (400), about 1 MB a
+particle; doubled."""
+
+
+def digits_memory_bytes(budget: int, num_steps: int, pool_size: int) -> int:
+    """A rough, conservative peak memory (bytes) of a digits study: :data:`BASE_BYTES` plus
+    :data:`DIGITS_BYTES_PER_PARTICLE` for each of the ``⌊B/T⌋`` particles (the most any method
+    runs at once) and for each of the ``pool_size`` reference samples."""
+    return BASE_BYTES + DIGITS_BYTES_PER_PARTICLE * (budget // max(num_steps, 1) + pool_size)
+
+
+def _check_memory(needed: int, option: str) -> None:
+    """Refuse, in one line, a run whose estimated memory exceeds the machine's."""
+    have = available_memory()
+    if have is not None and needed > have:
+        raise SystemExit(
+            f"psijax: {option}: needs about {needed / 1e9:.1f} GB of memory (a conservative "
+            f"estimate), this machine has {have / 1e9:.1f} GB; lower it"
+        )
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Fills ``{methods}`` (the registry's method names) and ``{samplers}`` (without the
+    flow-map variants) in help texts only when a help is shown: building the parser must not
+    import JAX, so that ``psijax --help`` is fast."""
+
+    def _expand_help(self, action):
+        text = super()._expand_help(action)
+        if "{methods}" in text:
+            text = text.replace("{methods}", _method_names())
+        if "{samplers}" in text:
+            text = text.replace("{samplers}", _method_names(variants=False))
+        return text
 
 
 # -- psijax toy / demo ---------------------------------------------------------------------------
@@ -68,17 +191,17 @@ def _toy(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
 
     table = toy_report.format_markdown(summary, settings, num_steps=args.steps)
+    notes = toy_report.format_notes(summary)
     header = (
         f"# psijax {args.command}: reward alignment on {', '.join(presets)} at equal NFE\n\n"
         f"{args.seeds} seed(s); mean ± standard error over seeds; {elapsed:.0f} s on "
         f"{jax.default_backend()}. Metrics against the exact tilted target "
-        "(`psijax.experiments.toy`); `exact target (iid)`: as many i.i.d. exact draws as the "
-        "prior-start methods have particles; `SMC limit (IS)`: the law every SMC method tends "
-        "to as N → ∞ (importance-weighted draws of the model's stochastic sampler).\n"
+        "(`psijax.experiments.toy`).\n"
     )
     images = "".join(f"\n![{p}](toy_{p}.png)\n" for p in presets)
-    with open(os.path.join(args.out, "toy.md"), "w") as f:
-        f.write(header + "\n" + table + "\n" + images)
+    paths = {k: os.path.abspath(os.path.join(args.out, f"toy.{k}")) for k in ("md", "json", "csv")}
+    with open(paths["md"], "w") as f:
+        f.write(header + "\n" + table + "\n\n" + notes + "\n" + images)
     config = {k: getattr(args, k) for k in ("models", "budget", "steps", "seeds")}
     record = {
         "backend": jax.default_backend(),
@@ -88,10 +211,13 @@ def _toy(args: argparse.Namespace) -> int:
         "rows": rows,
         "timings": timings,
     }
-    records.write_json(record, os.path.join(args.out, "toy.json"))
-    records.write_csv(rows, os.path.join(args.out, "toy.csv"))
-    print("\n" + table)
-    print(f"\nFigures: {', '.join(figures)}\nTable: {os.path.join(args.out, 'toy.md')}")
+    records.write_json(record, paths["json"])
+    records.write_csv(rows, paths["csv"])
+    print("\n" + table + "\n\n" + notes)
+    print("\nWrote:")
+    for figure in figures:
+        print(f"  figure   {os.path.abspath(figure)}")
+    print(f"  table    {paths['md']}\n  results  {paths['json']}\n  per seed {paths['csv']}")
     print(f"Took {elapsed:.1f} s on {jax.default_backend()}.")
     return 0
 
@@ -157,7 +283,8 @@ def _acceptance(args: argparse.Namespace) -> int:
         "MALA/ULA at ε = h/2.\n"
     )
     print(acceptance.format_markdown(rows))
-    print(f"\nFigure: {figure}\nTook {elapsed:.1f} s on {jax.default_backend()}.")
+    print(f"\nWrote: {os.path.abspath(figure)}, and the .csv and .json beside it")
+    print(f"Took {elapsed:.1f} s on {jax.default_backend()}.")
     return 0
 
 
@@ -186,16 +313,23 @@ def _bench(args: argparse.Namespace) -> int:
     lines = [
         f"\nSamplers on the 2D toy, N = {args.particles}, T = {args.steps}, "
         f"{rows[0]['devices']} device(s), {jax.default_backend()}:\n",
-        "| method | NFE | compile (s) | run (ms) | µs / particle-step |",
-        "|---|---|---|---|---|",
+        "| method | NFE | NFE / particle-step | compile (s) | run (ms) | µs / particle-step "
+        "| µs / NFE |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['method']} | {r['nfe']} | {r['compile_s']:.1f} | {1e3 * r['run_s']:.2f} | "
-        f"{r['us_per_particle_step']:.2f} |"
+        f"| {r['method']} | {r['nfe']} | {r['nfe'] / (r['num_particles'] * r['num_steps']):.2f} "
+        f"| {r['compile_s']:.1f} | {1e3 * r['run_s']:.2f} | {r['us_per_particle_step']:.2f} "
+        f"| {r['us_per_nfe']:.2f} |"
         for r in rows
     ]
+    lines.append(
+        "\nThe methods spend different NFE on the same N × T (an initial stage's chains or "
+        "candidates, guidance's extra evaluations): µs / particle-step is the cost of a run of "
+        "N particles over T steps, µs / NFE the cost per model evaluation."
+    )
     print("\n".join(lines))
-    print(f"\nFigure: {figure}\nTook {elapsed:.1f} s.")
+    print(f"\nWrote: {os.path.abspath(figure)}, bench.json, bench.csv\nTook {elapsed:.1f} s.")
     return 0
 
 
@@ -265,12 +399,18 @@ def _digits(args: argparse.Namespace) -> int:
     records.write_json(record, os.path.join(args.out, f"digits_{args.task}.json"))
     records.write_csv(rows, os.path.join(args.out, f"digits_{args.task}.csv"))
     print("\n" + table)
-    print(f"\nFigure: {figure}\nTable and metrics: {args.out}/digits_{args.task}.{{md,json,csv}}")
+    print(f"\nWrote: {os.path.abspath(figure)}, and digits_{args.task}.md, .json, .csv beside it")
     print(f"Took {elapsed:.1f} s on {jax.default_backend()}.")
     return 0
 
 
 def _check_digits(args: argparse.Namespace) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("sklearn") is None:
+        from psijax.models.digits import DATA_NEEDS_SKLEARN
+
+        raise SystemExit(f"psijax digits: {DATA_NEEDS_SKLEARN}")
     for name in ("budget", "steps", "seeds", "pool_size", "flow_map_steps"):
         if getattr(args, name) < 1:
             raise SystemExit(f"psijax: --{name.replace('_', '-')} must be >= 1")
@@ -287,6 +427,8 @@ def _check_digits(args: argparse.Namespace) -> None:
         raise SystemExit(f"psijax: --target/--alpha: {err}") from err
     if not args.tasks:
         raise SystemExit("psijax: --target must name at least one target")
+    needed = digits_memory_bytes(args.budget, args.steps, args.pool_size)
+    _check_memory(needed, f"--budget {args.budget}/--pool-size {args.pool_size}")
     if args.pool_size < args.seeds * (args.budget // args.steps):
         raise SystemExit(
             "psijax: --pool-size must be >= seeds × budget/steps (the unguided reference chunks)"
@@ -323,14 +465,19 @@ def _parse_target(text: str):
 
 def _add_budget_arguments(parser, seeds_help: str) -> None:
     """``--budget``, ``--steps`` and ``--seeds`` of the equal-NFE studies."""
-    parser.add_argument("--budget", type=int, default=1000, help="NFE per run (default: 1000)")
-    parser.add_argument("--steps", type=int, default=25, help="denoising steps (default: 25)")
-    parser.add_argument("--seeds", type=int, default=3, help=f"{seeds_help} (default: 3)")
+    parser.add_argument(
+        "--budget", type=int, default=1000, help="NFE per run (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=25, help="denoising steps (default: %(default)s)"
+    )
+    parser.add_argument("--seeds", type=int, default=3, help=f"{seeds_help} (default: %(default)s)")
 
 
 def _add_digits(commands) -> None:
     dig = commands.add_parser(
         "digits",
+        formatter_class=_Formatter,
         help="reward alignment of the shipped digits flow, seen and held-out metrics",
         description=(
             "Align the shipped FLUX-architecture digits flow with a seen reward and score the "
@@ -340,32 +487,40 @@ def _add_digits(commands) -> None:
             ".md, .json and .csv into --out."
         ),
     )
-    dig.add_argument("--task", choices=("class", "layout"), default="class")
+    dig.add_argument(
+        "--task",
+        choices=("class", "layout"),
+        default="class",
+        help="class: a digit's log-probability; layout: ink inside a box (default: %(default)s)",
+    )
     dig.add_argument(
         "--target",
         default=None,
         help="comma-separated targets: digits 0-9 (class) or boxes left, right, narrow, "
-        "row0:row1:col0:col1 (layout); default: the task's three",
+        "row0:row1:col0:col1 (layout) (default: the task's three)",
     )
     dig.add_argument(
         "--method",
         default="psi_sampler",
-        help=f"comma-separated methods ({_method_names()}) or 'all' (default: %(default)s)",
+        help="comma-separated methods ({methods}) or 'all' (default: %(default)s)",
     )
     dig.add_argument("--model", default="reflow", help="reflow or flow (default: %(default)s)")
-    dig.add_argument("--alpha", type=float, default=None, help="tilt strength (default: task's)")
+    dig.add_argument(
+        "--alpha", type=float, default=None, help="tilt strength (default: the task's)"
+    )
     _add_budget_arguments(dig, "seeds per target")
     dig.add_argument(
         "--pool-size",
         type=int,
         default=512,
-        help="model samples for the unguided and importance-sampled references (default: 512)",
+        help="model samples for the unguided and importance-sampled references "
+        "(default: %(default)s)",
     )
     dig.add_argument(
         "--flow-map-steps",
         type=int,
         default=4,
-        help="Euler steps of the flow-map initial predictor (default: 4)",
+        help="Euler steps of the flow-map initial predictor (default: %(default)s)",
     )
     _add_common_arguments(dig, "psijax-digits")
     dig.set_defaults(run=_digits, check=_check_digits)
@@ -386,6 +541,7 @@ def _add_toy(commands, name: str, presets: str, methods: str, help_text: str) ->
     toy = commands.add_parser(
         name,
         help=help_text,
+        formatter_class=_Formatter,
         description=(
             "Ψ-Sampler and the baselines at equal NFE on 2D Gaussian-mixture toys with exact "
             "tilted targets, with the exact and the reflowed model. Prints the tables and "
@@ -409,10 +565,15 @@ def _add_toy(commands, name: str, presets: str, methods: str, help_text: str) ->
     toy.add_argument(
         "--methods",
         default=methods,
-        help=f"comma-separated methods ({_method_names()}) or 'all' (default: %(default)s)",
+        help="comma-separated methods ({methods}) or 'all' (default: %(default)s)",
     )
     _add_budget_arguments(toy, "seeds per method")
-    toy.add_argument("--seed", type=int, default=0, help="seed of the exact reference draws")
+    toy.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the exact reference draws (default: %(default)s)",
+    )
     toy.add_argument(
         "--occupancy-size",
         type=int,
@@ -427,6 +588,7 @@ def _add_bench(commands) -> None:
 
     bench = commands.add_parser(
         "bench",
+        formatter_class=_Formatter,
         help="time the samplers (compile and median run) on the 2D toy",
         description=(
             "Compile time, median run time, NFE and time per particle-step of each sampler on "
@@ -438,11 +600,13 @@ def _add_bench(commands) -> None:
     bench.add_argument(
         "--methods",
         default=",".join(DEFAULT_METHODS),
-        help=f"comma-separated samplers ({_method_names(variants=False)}) (default: %(default)s)",
+        help="comma-separated samplers ({samplers}) (default: %(default)s)",
     )
     bench.add_argument("--particles", type=int, default=64, help="N (default: %(default)s)")
     bench.add_argument("--steps", type=int, default=25, help="T (default: %(default)s)")
-    bench.add_argument("--repeats", type=int, default=10, help="timed calls per method")
+    bench.add_argument(
+        "--repeats", type=int, default=10, help="timed calls per method (default: %(default)s)"
+    )
     bench.add_argument(
         "--all-devices",
         action="store_true",
@@ -453,21 +617,26 @@ def _add_bench(commands) -> None:
 
 def _add_common_arguments(parser, out: str) -> None:
     """--out, --no-progress and --compilation-cache, on every command."""
-    parser.add_argument("--out", default=out, help="output folder (default: %(default)s)")
+    parser.add_argument(
+        "--out",
+        default=out,
+        help="output folder, created if missing (default: ./%(default)s)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
         "--compilation-cache",
         metavar="DIR",
         default=os.environ.get("PSIJAX_COMPILATION_CACHE"),
         help="persistent XLA compilation cache folder (jax_compilation_cache_dir): a second "
-        "run with the same sizes skips most compilation (default: $PSIJAX_COMPILATION_CACHE, "
-        "else off)",
+        "run with the same sizes skips most compilation (default: %(default)s, from "
+        "$PSIJAX_COMPILATION_CACHE; None: off)",
     )
 
 
 def _add_acceptance(commands) -> None:
     acc = commands.add_parser(
         "acceptance",
+        formatter_class=_Formatter,
         help="pCNL vs pCN vs MALA acceptance across dimensions (about a minute on CPU)",
         description=(
             "Acceptance of pCN, pCNL, ULA (n/a) and BlackJAX MALA vs dimension on a conjugate "
@@ -475,12 +644,33 @@ def _add_acceptance(commands) -> None:
         ),
     )
     _add_common_arguments(acc, "psijax-acceptance")
-    acc.add_argument("--dims", type=int, nargs="+", default=list(ACCEPTANCE_DIMS))
-    acc.add_argument("--step-sizes", type=float, nargs="+", default=list(ACCEPTANCE_STEP_SIZES))
-    acc.add_argument("--chains", type=int, default=5)
-    acc.add_argument("--steps", type=int, default=100)
-    acc.add_argument("--burn-in", type=int, default=25)
-    acc.add_argument("--seed", type=int, default=0)
+    acc.add_argument(
+        "--dims",
+        type=int,
+        nargs="+",
+        default=list(ACCEPTANCE_DIMS),
+        help="dimensions d of the target (default: %(default)s)",
+    )
+    acc.add_argument(
+        "--step-sizes",
+        type=float,
+        nargs="+",
+        default=list(ACCEPTANCE_STEP_SIZES),
+        help="pCN/pCNL step sizes h in (0, 4); MALA and ULA run at ε = h/2 (default: %(default)s)",
+    )
+    acc.add_argument(
+        "--chains", type=int, default=5, help="chains per sampler (default: %(default)s)"
+    )
+    acc.add_argument(
+        "--steps", type=int, default=100, help="steps per chain (default: %(default)s)"
+    )
+    acc.add_argument(
+        "--burn-in",
+        type=int,
+        default=25,
+        help="first steps left out of the acceptance (default: %(default)s)",
+    )
+    acc.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     acc.set_defaults(run=_acceptance, check=_check_acceptance)
 
 
@@ -509,6 +699,13 @@ def _check_toy(args: argparse.Namespace) -> None:
                 f"{', '.join(REFLOW_DATA)} or --models exact"
             )
     _demo_methods(args)  # checks --methods against --budget and --steps
+    from psijax.models.presets import toy_problem
+
+    dim = max(toy_problem(p).data.dim for p in presets)
+    settings = len(presets) * len(args.models)
+    _check_memory(
+        toy_memory_bytes(args.budget, args.steps, dim, settings), f"--budget {args.budget}"
+    )
 
 
 def _check_bench(args: argparse.Namespace) -> None:
@@ -520,6 +717,8 @@ def _check_bench(args: argparse.Namespace) -> None:
     unknown = [m for m in _names(args.methods) if m not in SAMPLERS]
     if unknown:
         raise SystemExit(f"psijax: --methods must name samplers of {', '.join(SAMPLERS)}")
+    needed = toy_memory_bytes(args.particles * args.steps, args.steps, 2)
+    _check_memory(needed, f"--particles {args.particles}")
     if args.all_devices:
         from psijax.smc import particle_mesh
         from psijax.smc.sharding import check_divisible
@@ -540,12 +739,18 @@ def _check_acceptance(args: argparse.Namespace) -> None:
         raise SystemExit("psijax: --step-sizes must all be > 0")
     if not 0 <= args.burn_in < args.steps:
         raise SystemExit("psijax: --burn-in must satisfy 0 <= burn-in < steps")
+    # the chains keep a few copies of their states at a time: as conservative as the toy's
+    needed = BASE_BYTES + args.chains * max(args.dims) * BYTES_PER_COORDINATE
+    _check_memory(needed, f"--dims {max(args.dims)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``psijax`` argument parser: one sub-command per study (module docstring)."""
     parser = argparse.ArgumentParser(
         prog="psijax", description="Inference-time reward alignment in JAX (Ψ-Sampler)."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"psijax {_version()}", help="show the version"
     )
     commands = parser.add_subparsers(dest="command", required=True)
     _add_toy(
@@ -572,6 +777,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``psijax <command> [options]`` (``argv``: the arguments, default ``sys.argv[1:]``);
     the return value is the exit status."""
     args = build_parser().parse_args(argv)
+    _check_out(args.out)
     args.check(args)
     if args.compilation_cache:
         import jax

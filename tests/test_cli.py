@@ -57,7 +57,15 @@ def test_demo_writes_figure_table_and_json(tmp_path, capsys):
             assert r["nfe"] == 200 and r["seeds"] == 1 and r["nfe_se"] is None
             assert 0 <= r["mode_tv"] <= 1 and r["mmd_fixed"] >= 0
     assert record["config"]["methods"] == ["psi_sampler", "smc"]
-    assert "| psi_sampler |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| psi_sampler |" in out
+    # where it wrote, as absolute paths, and how to read the tables (also in the markdown)
+    for name in ("toy_six_modes_mixture.png", "toy.md", "toy.json", "toy.csv"):
+        assert str((tmp_path / name).resolve()) in out
+    for text in ("`exact target (iid)`", "`SMC limit (IS)`", "standard error", "Lower is better"):
+        assert text in out and text in table
+    assert "Ψ-Sampler (six_modes_mixture, exact model) ranks" in table
+    assert "Tweedie" in table
 
 
 @pytest.mark.parametrize(
@@ -150,7 +158,12 @@ def test_bench_times_samplers_and_fills_the_compilation_cache(tmp_path, capsys):
         assert [r["method"] for r in csv.DictReader(f)] == ["tds", "dps"]
     assert (tmp_path / "bench.png").stat().st_size > 5_000
     assert any(cache.iterdir())
-    assert "| tds | 32 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # NFE per particle-step and µs per NFE beside µs per particle-step: the NFE differ
+    assert "| method | NFE | NFE / particle-step |" in out and "| µs / NFE |" in out
+    assert "| tds | 32 | 1.00 |" in out
+    tds = rows["tds"]
+    assert out.split("| tds |")[1].split("\n")[0].rstrip(" |").endswith(f"{tds['us_per_nfe']:.2f}")
 
 
 def test_toy_runs_several_presets_and_writes_csv(tmp_path):

@@ -13,20 +13,17 @@ import statistics
 import time
 from typing import Callable
 
-import jax
-
-from psijax import align
-from psijax.experiments.toy import exact_problem
-from psijax.smc.sharding import particle_mesh
-
 __all__ = ["DEFAULT_METHODS", "median_seconds", "time_samplers"]
 
 DEFAULT_METHODS = ("psi_sampler", "tds", "das", "fk_steering", "top_k_smc", "dps", "best_of_n")
-"""Methods timed by default: Ψ-Sampler and one of each kind of baseline."""
+"""Methods timed by default: Ψ-Sampler and one of each kind of baseline (a constant of a module
+that loads JAX only when it times something, so that ``psijax bench --help`` stays fast)."""
 
 
 def median_seconds(fn: Callable, *args, repeats: int = 10) -> float:
     """Median wall time of ``fn(*args)`` (blocked until ready) over ``repeats`` calls."""
+    import jax
+
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -52,6 +49,12 @@ def time_samplers(
     their default chains (5, the paper's), padded to the device count on a mesh.
     ``ValueError`` for an unknown method or a particle count the devices do not divide.
     """
+    import jax
+
+    from psijax import align
+    from psijax.experiments.toy import exact_problem
+    from psijax.smc.sharding import particle_mesh
+
     unknown = [m for m in methods if m not in align.SAMPLERS]
     if unknown:
         raise ValueError(f"`methods` must be names of psijax.align.SAMPLERS, got {unknown}.")

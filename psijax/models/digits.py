@@ -85,6 +85,13 @@ class TrainConfig(NamedTuple):
     class_dropout: float = 0.1
 
 
+DATA_NEEDS_SKLEARN = (
+    "the digits data need scikit-learn (its bundled copy of the dataset): install it with "
+    '`pip install -e ".[digits]"` from a clone, or `pip install scikit-learn`'
+)
+"""The one-line message of the ``ImportError`` of :func:`load_digits` without scikit-learn."""
+
+
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits as ``(images (1797, 1, 8, 8) in [-1, 1], labels (1797,))``.
 
@@ -93,10 +100,7 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits as sklearn_digits
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "The digits data come from scikit-learn: `pip install scikit-learn` "
-            "(or `pip install psijax[digits]`)."
-        ) from error
+        raise ImportError(DATA_NEEDS_SKLEARN) from error
     data = sklearn_digits()
     images = (data.images.astype(np.float32) / 8.0 - 1.0)[:, None]
     return images, data.target.astype(np.int32)
