@@ -169,8 +169,27 @@ def _check_tensors(tensors: Mapping[str, object], config: FluxConfig) -> None:
         found = tuple(np.shape(tensors[key]))
         if found != expected[key]:
             problems.append(f"`{key}` has shape {found}, expected {expected[key]}")
+        dtype = getattr(tensors[key], "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            problems.append(f"`{key}` is {dtype} (a parameter must be a floating tensor)")
     if problems:
         raise ValueError(f"The checkpoint does not match {config}: " + "; ".join(problems) + ".")
+
+
+def _check_finite(tensors: Mapping[str, object], keys) -> None:
+    """A ``ValueError`` naming every tensor of ``keys`` that holds NaN or inf."""
+    bad = []
+    for key in sorted(keys):
+        value = tensors[key]
+        xp = np if isinstance(value, np.ndarray) else jnp
+        count = int(xp.size(value) - xp.sum(xp.isfinite(value)))
+        if count:
+            bad.append(f"`{key}` ({count} of {xp.size(value)} values)")
+    if bad:
+        raise ValueError(
+            f"The checkpoint holds non-finite values (NaN or inf) in {len(bad)} tensor(s): "
+            f"{_some(bad)}; pass check_finite=False to load it anyway."
+        )
 
 
 def _some(keys, n: int = 5) -> str:
@@ -179,12 +198,19 @@ def _some(keys, n: int = 5) -> str:
 
 
 def from_tensors(
-    tensors: Mapping[str, object], config: FluxConfig | None = None, *, axes_dim=None, dtype=None
+    tensors: Mapping[str, object],
+    config: FluxConfig | None = None,
+    *,
+    axes_dim=None,
+    dtype=None,
+    check_finite: bool = True,
 ) -> Flux:
     """A :class:`Flux` holding ``tensors`` (either layout, optionally prefixed), checked exactly.
 
     ``config`` defaults to :func:`infer_config`; ``dtype`` casts the parameters (default: keep
-    the checkpoint's dtypes).
+    the checkpoint's dtypes). Every tensor must have its key's shape and a floating dtype (an
+    integer tensor would run the model on truncated weights), and, unless ``check_finite`` is
+    false, hold no NaN or inf; a ``ValueError`` names the offending keys.
     """
     tensors = convert.convert(tensors, convert.BFL)
     if config is None:
@@ -194,6 +220,8 @@ def from_tensors(
     elif axes_dim is not None and tuple(axes_dim) != config.axes_dim:
         raise ValueError(f"`axes_dim` {axes_dim!r} contradicts `config.axes_dim` {config.axes_dim}")
     _check_tensors(tensors, config)
+    if check_finite:
+        _check_finite(tensors, bfl_keys(config))
 
     graphdef, flat = _abstract(config)
     leaves = []
@@ -214,7 +242,12 @@ def from_tensors(
 
 
 def load_weights(
-    path: str | os.PathLike, config: FluxConfig | None = None, *, axes_dim=None, dtype=None
+    path: str | os.PathLike,
+    config: FluxConfig | None = None,
+    *,
+    axes_dim=None,
+    dtype=None,
+    check_finite: bool = True,
 ) -> Flux:
     """Load a FLUX checkpoint: a BFL ``.safetensors`` file or a diffusers (sharded) folder.
 
@@ -230,6 +263,8 @@ def load_weights(
         RoPE widths when inferring a config whose head dim is not 128.
     dtype
         Cast the parameters (e.g. ``jnp.bfloat16``); default keeps the file's dtypes.
+    check_finite
+        Reject a tensor holding NaN or inf (default; one pass over the weights).
 
     Raises
     ------
@@ -237,10 +272,11 @@ def load_weights(
         No such file, or a shard named in the index is missing.
     ValueError
         A corrupted file, an unknown layout, or tensors that do not match the
-        model (each missing, unexpected or mis-shaped key is named).
+        model (each missing, unexpected, mis-shaped or non-floating key is named), or
+        non-finite values (with ``check_finite``).
     """
     tensors = checkpoint.read_tensors(path, host=True)  # stacked on the host, moved once
-    return from_tensors(tensors, config, axes_dim=axes_dim, dtype=dtype)
+    return from_tensors(tensors, config, axes_dim=axes_dim, dtype=dtype, check_finite=check_finite)
 
 
 def save_weights(

@@ -380,6 +380,28 @@ def test_mis_shaped_tensor_is_named_with_both_shapes(tensors, tmp_path, key, sha
     assert str(shape) in message and str(tensors[key].shape) in message
 
 
+def test_integer_tensor_is_rejected_by_key(tensors, tmp_path):
+    """An int32 tensor would load as an int32 parameter and run on truncated weights."""
+    broken = {**tensors, KEY: np.round(tensors[KEY] * 10).astype(np.int32)}
+    with pytest.raises(ValueError, match=r"floating") as info:
+        load_weights(write(tmp_path, broken), CFG)
+    assert KEY in str(info.value) and "int32" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_tensor_is_rejected_unless_asked(tensors, tmp_path, bad):
+    broken = {**tensors, KEY: tensors[KEY].copy()}
+    broken[KEY][3] = bad
+    path = write(tmp_path, broken)
+    with pytest.raises(ValueError, match=r"non-finite .*1 of 16 values.*check_finite=False") as e:
+        load_weights(path, CFG)
+    assert KEY in str(e.value)
+    with pytest.raises(ValueError, match=KEY.replace(".", r"\.")):
+        from_tensors({k: jnp.asarray(v) for k, v in broken.items()}, CFG)  # device arrays too
+    loaded = load_weights(path, CFG, check_finite=False)  # the caller opted out
+    assert not np.all(np.isfinite(np.asarray(to_bfl(loaded)[KEY])))
+
+
 def test_wrong_config_names_a_missing_key(bfl_file):
     with pytest.raises(ValueError, match=r"missing .*`double_blocks\.1\."):
         load_weights(bfl_file, CFG.replace(depth=2))
