@@ -182,6 +182,7 @@ def _toy(args: argparse.Namespace) -> int:
         )
     except ValueError as err:  # e.g. a budget too small for a method's initial stage
         raise SystemExit(f"psijax: {err}") from err
+    _warn_about(rows)
     summary = toy_report.aggregate(rows)
     figures = []
     for preset in presets:
@@ -220,6 +221,24 @@ def _toy(args: argparse.Namespace) -> int:
     print(f"  table    {paths['md']}\n  results  {paths['json']}\n  per seed {paths['csv']}")
     print(f"Took {elapsed:.1f} s on {jax.default_backend()}.")
     return 0
+
+
+def _warn_about(rows: list) -> None:
+    """Print the health warnings of the runs (:func:`psijax.align.diagnose`, the rows'
+    ``warnings``) to stderr, once per method with the number of runs that raised them."""
+    flagged = {}
+    for row in rows:
+        if row.get("warnings"):
+            flagged.setdefault(row["method"], []).append(row)
+    for method, group in flagged.items():
+        total = sum(1 for r in rows if r["method"] == method)
+        print(
+            f"psijax: warning: {method}: {len(group)} of {total} run(s) cannot be trusted "
+            "(psijax.align.diagnose); the first:",
+            file=sys.stderr,
+        )
+        for message in group[0]["warnings"].split(" | "):
+            print(f"  - {message}", file=sys.stderr)
 
 
 def _presets(args: argparse.Namespace) -> tuple[str, ...]:
@@ -370,6 +389,7 @@ def _digits(args: argparse.Namespace) -> int:
         flow_map_steps=args.flow_map_steps,
         progress=not args.no_progress,
     )
+    _warn_about(rows)
     per_target, per_task = digits_report.aggregate(rows)
     targets = [str(t.target) for t in args.tasks]
     figure = os.path.join(args.out, f"digits_{args.task}.png")

@@ -20,7 +20,8 @@ Deprecated names (0.1, removed after 0.2; they warn): ``top_k``, ``ula``, ``mala
 
 from psijax._deprecation import deprecated as _deprecated
 from psijax.align.chains import Chains
-from psijax.align.denoising import run_smc
+from psijax.align.denoising import MoveInfo, run_smc
+from psijax.align.diagnostics import diagnose
 from psijax.align.predictors import Custom, FlowMap, Predictor, Tweedie
 from psijax.align.problem import RewardProblem, check_problem
 from psijax.align.proposals import Bootstrap, ProposalInputs, Twisted
@@ -57,6 +58,8 @@ __all__ = [
     "Tweedie",
     "FlowMap",
     "Custom",
+    "MoveInfo",
+    "diagnose",
     "ProposalInputs",
     "Twisted",
     "Bootstrap",

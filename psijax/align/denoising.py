@@ -32,7 +32,9 @@ returned as they are (no resampling after the last step), so no information is l
 **Cost.** ``N`` potential evaluations (model forward and backward) at ``t_0`` and ``N`` after
 every step except the last: ``nfe = N·T`` model evaluations in all with the Tweedie predictor,
 each with its gradient; a flow-map predictor adds the exact count of its ODE solves. The
-per-step counts are in ``info.proposal_info``.
+per-step counts are in ``info.proposal_info.nfe`` (a :class:`MoveInfo`, which also records
+each step's lineages, the proposal's shift relative to the model's noise, the invalid
+particles and the particles' range: what :func:`psijax.align.diagnose` checks).
 
 **Invalid values.** A particle whose reward or gradient is NaN/inf gets log-weight ``−inf``
 (weight zero) and a zero proposal gradient, so it never affects the others; resampling then
@@ -40,6 +42,7 @@ replaces it. If every weight is zero the run is collapsed: ``log Ẑ = −inf`` 
 ``info.collapsed``), never NaN.
 """
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -60,7 +63,7 @@ from psijax.smc.potentials import POTENTIALS, Difference, weigh
 from psijax.smc.sharding import check_divisible, check_mesh, constrain, map_particles
 from psijax.smc.weights import AdaptiveResampling, sanitize
 
-__all__ = ["SMCInfo", "Cache", "run_smc"]
+__all__ = ["SMCInfo", "Cache", "MoveInfo", "run_smc"]
 
 
 class Cache(NamedTuple):
@@ -70,6 +73,9 @@ class Cache(NamedTuple):
         ``r(x̂0(x, t))``, its gradient w.r.t. ``x`` and ``v(x, t)`` at the current time.
     bad
         The reward or its gradient was not finite (the particle has weight zero).
+    root
+        The index of the initial particle this one descends from (int32; the genealogy's
+        root, resampled with it).
 
     """
 
@@ -77,6 +83,40 @@ class Cache(NamedTuple):
     grad: Array
     velocity: Array
     bad: Array
+    root: Array
+
+
+class MoveInfo(NamedTuple):
+    r"""What step ``i`` of :func:`run_smc` did to the particles (``info.proposal_info``; every
+    field stacked over the ``T`` steps). The health checks of
+    :func:`psijax.align.diagnostics.diagnose` read it.
+
+    nfe
+        Model evaluations of the step (int32).
+    lineages
+        How many distinct initial particles the particles entering the move descend from
+        (after the step's resampling): ``N`` at first, ``1`` once every particle is a copy of
+        one ancestor. A final ESS of ``N`` with one lineage counts copies, not draws.
+    shift
+        ``max_n ‖x'_n − μ_n‖ / (σ √d)`` over the particles with a finite move: how far the
+        proposal put the particles from the model's mean, in units of the model's noise
+        (about 1 for the model's own transition; the twisted proposal adds
+        ``σ‖G‖/√d``). Far above 1, ``q`` and ``p`` barely overlap: the weights degenerate and
+        the particles follow the reward's gradient, not the model (α too small for the
+        reward at this step size; docs/algorithms.md §5).
+    num_invalid
+        Particles whose new position, reward or gradient is not finite (weight zero).
+    max_abs
+        ``max |x'|`` over the finite new positions of valid particles (particles far outside
+        the data's range show here).
+
+    """
+
+    nfe: Array
+    lineages: Array
+    shift: Array
+    num_invalid: Array
+    max_abs: Array
 
 
 def run_smc(
@@ -145,7 +185,9 @@ def run_smc(
     -------
     :class:`AlignmentResult`
         With ``info`` an :class:`~psijax.smc.feynman_kac.SMCInfo` whose ``proposal_info`` is
-        the ``(T,)`` model evaluations of each step; ``log_normalizer`` estimates ``log Z`` for
+        a :class:`MoveInfo` of ``(T,)`` arrays (each step's model evaluations, lineages, shift
+        relative to the noise, invalid particles and range; checked by
+        :func:`psijax.align.diagnose`); ``log_normalizer`` estimates ``log Z`` for
         prior draws and ``log(Z/Z_init)`` for draws from ``π_init``.
 
     Raises
@@ -197,11 +239,11 @@ def run_smc(
     potential_and_grad = map_particles(problem.potential_and_grad, mesh, in_axes=(0, None))
     reward = map_particles(problem.reward, mesh)
 
-    def evaluate(xs, t):
+    def evaluate(xs, t, root):
         """The :class:`Cache` of the particles at time ``t`` and the NFE it cost."""
         r, g, v, nfe = potential_and_grad(xs, t)
         r, g, bad = _sanitize_potential(r.astype(dtype), g.astype(dtype))
-        return Cache(r, g, v.astype(dtype), bad), jnp.sum(nfe)
+        return Cache(r, g, v.astype(dtype), bad, root), jnp.sum(nfe)
 
     def propose(final: bool):
         """The FK proposal: move ``x`` with ``proposal``, then evaluate at ``x'``."""
@@ -230,8 +272,9 @@ def run_smc(
                 new = cache._replace(reward=jnp.where(bad_next, 0.0, r_next), bad=bad_next)
                 nfe = jnp.zeros((), jnp.int32)
             else:
-                new, nfe = evaluate(x_next, t_next)
-            return ((x_next, new), path), log_p_minus_q, nfe
+                new, nfe = evaluate(x_next, t_next, cache.root)
+            info = _move_info(nfe, cache, step, x_next, new.bad)
+            return ((x_next, new), path), log_p_minus_q, info
 
         return move
 
@@ -245,7 +288,7 @@ def run_smc(
             invalid=lambda state, new: state[1].bad | new[1].bad,
         )
 
-    cache0, nfe0 = evaluate(constrain(x, mesh), times[0])
+    cache0, nfe0 = evaluate(constrain(x, mesh), times[0], jnp.arange(n, dtype=jnp.int32))
     log_g0, path0 = potential.init(lambdas[0] * cache0.reward / alpha)
     log_w = sanitize(jnp.where(cache0.bad, -jnp.inf, log_w0.astype(dtype) + log_g0))
     state = feynman_kac.init(((x, cache0), path0), log_w, mesh)
@@ -263,7 +306,7 @@ def run_smc(
     )
     (xs, cache), _ = state.particles
     rewards = jnp.where(cache.bad, jnp.nan, cache.reward)
-    nfe = (nfe0 + jnp.sum(info.proposal_info)).astype(jnp.int32)
+    nfe = (nfe0 + jnp.sum(info.proposal_info.nfe)).astype(jnp.int32)
     log_weights = normalized_log_weights(state.log_weights)
     return AlignmentResult(xs, log_weights, rewards, state.log_normalizer, nfe, info)
 
@@ -297,6 +340,24 @@ def _resampler(resampling, ess_threshold, resample_every, num_resampled) -> Adap
     if num_resampled is not None:
         check_int(num_resampled, "num_resampled", 2)
     return AdaptiveResampling(resampling, ess_threshold, resample_every, num_resampled)
+
+
+def _move_info(nfe, cache: Cache, step: ProposalInputs, x_next, bad_next) -> MoveInfo:
+    """The :class:`MoveInfo` of one move (reductions over the particles only)."""
+    n = cache.root.shape[0]
+    lineages = jnp.sum(jnp.zeros((n,), jnp.int32).at[cache.root].set(1))
+    axes = tuple(range(1, x_next.ndim))
+    finite = jnp.all(jnp.isfinite(x_next), axis=axes)
+    dim = math.prod(x_next.shape[1:])
+    noise = step.std * math.sqrt(dim)
+    distance = jnp.sqrt(jnp.sum(jnp.square(x_next - step.mean), axis=axes))
+    moved = finite & ~cache.bad  # a particle that entered with zero weight says nothing
+    shift = jnp.max(jnp.where(moved, distance / jnp.where(noise > 0, noise, 1.0), 0.0))
+    valid = finite & ~bad_next
+    expand = valid.reshape(valid.shape + (1,) * len(axes))
+    max_abs = jnp.max(jnp.where(expand, jnp.abs(x_next), 0.0))
+    num_invalid = jnp.sum(~valid).astype(jnp.int32)
+    return MoveInfo(nfe, lineages.astype(jnp.int32), shift, num_invalid, max_abs)
 
 
 def _sanitize_potential(r, grad):

@@ -23,11 +23,14 @@ touching the library (the README's "Your own proposal" example).
 """
 
 import dataclasses
+import math
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from blackjax.types import Array, PRNGKey
+
+from psijax._checks import check_real
 
 __all__ = ["ProposalInputs", "Twisted", "Bootstrap", "PROPOSALS", "check_proposal"]
 
@@ -61,14 +64,38 @@ class ProposalInputs(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Twisted:
-    """``q = N(μ + σ²G, σ²I)``: the reward-gradient (twisted) proposal (module docstring)."""
+    r"""``q = N(μ + σ²G, σ²I)``: the reward-gradient (twisted) proposal (module docstring).
+
+    Parameters
+    ----------
+    max_shift
+        ``None`` (default: the papers' proposal) or ``c > 0``: cap the gradient's shift at
+        ``c`` times the model's noise, per dimension, ``σ‖G̃‖/√d ≤ c`` with
+        ``G̃ = G·min(1, c√d/(σ‖G‖))``. The cap is a deterministic function of the particle and
+        ``log p − log q`` is computed with ``G̃``, so the SMC stays exact (the twist itself is
+        unchanged). Without it a sharp reward (``σ²·λ‖∇²r‖/α ≳ 2``) makes the mean
+        ``μ + σ²G`` an unstable gradient step that throws the particles out of the data's
+        range (docs/algorithms.md §5); with it they move at most ``c`` noise widths further
+        than the model would.
+
+    """
+
+    max_shift: float | None = None
+
+    def __post_init__(self):
+        if self.max_shift is not None:
+            check_real(self.max_shift, "max_shift", gt=0.0, concrete=True)
 
     def __call__(self, rng_key: PRNGKey, step: ProposalInputs) -> tuple[Array, Array]:
         """Draw ``x' = μ + σ²G + σz`` and return it with ``log p − log q``."""
         sigma, g = step.std, step.twist_grad
+        axes = tuple(range(1, step.x.ndim))
+        if self.max_shift is not None:
+            norm = jnp.sqrt(jnp.sum(g * g, axis=axes, keepdims=True))
+            limit = self.max_shift * math.sqrt(math.prod(step.x.shape[1:])) / sigma
+            g = g * jnp.minimum(1.0, limit / jnp.where(norm > 0, norm, 1.0)).astype(g.dtype)
         z = jax.random.normal(rng_key, step.x.shape, step.mean.dtype)
         shift = sigma * z + sigma**2 * g  # x' − μ
-        axes = tuple(range(1, step.x.ndim))
         log_p_minus_q = -jnp.sum(shift * g, axis=axes) + 0.5 * sigma**2 * jnp.sum(g * g, axis=axes)
         return step.mean + shift, log_p_minus_q
 

@@ -59,7 +59,7 @@ import numpy as np
 import optax
 
 from psijax._checks import check_int, check_real
-from psijax.align import SAMPLERS, Custom, FlowMap, RewardProblem
+from psijax.align import SAMPLERS, Custom, FlowMap, RewardProblem, diagnose
 from psijax.experiments.methods import Method, parse_method, sampler_options
 from psijax.experiments.methods import default_methods as _all_methods
 from psijax.experiments.toy import FAST_COMPILE, FLOW_MAP_OPTIONS
@@ -296,6 +296,9 @@ def make_problem(models: DigitsModels, task_name: str, param, alpha: float) -> R
     )
 
 
+DATA_RANGE = (-1.0, 1.0)
+"""The pixel range of the data (:func:`psijax.align.diagnose` flags particles far outside)."""
+
 FLOW_MAP_STEPS = 4
 """Euler steps of the flow-map predictor of the initial stages in this study."""
 
@@ -425,6 +428,7 @@ def run_method(
             row |= {"budget": budget, "method": method.name, "seed": seed}
             row |= {"nfe": int(result.nfe), "num_particles": int(result.samples.shape[0])}
             row |= evaluate(models, task, result.samples, result.log_weights, result.rewards)
+            row["warnings"] = " | ".join(diagnose(result, data_range=DATA_RANGE))
             rows.append(row)
             if seed == 0:
                 particles[str(task.target)] = (

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from psijax import metrics
-from psijax.align import SAMPLERS, FlowMap, RewardProblem
+from psijax.align import SAMPLERS, FlowMap, RewardProblem, diagnose
 from psijax.experiments.methods import (
     Method,
     default_methods,
@@ -238,6 +238,7 @@ def run_method(
         compiler_options=compiler_options,
     )
     rows, times, first = [], [], None
+    data_range = (float(np.min(setting.reference)), float(np.max(setting.reference)))
     for seed in range(seeds):
         start = time.perf_counter()
         result = jax.block_until_ready(run(jax.random.key(seed)))
@@ -246,7 +247,8 @@ def run_method(
         row = {"preset": setting.preset, "model": setting.model, "budget": budget}
         row |= {"method": method.name, "seed": seed, "nfe": int(result.nfe)}
         row |= {"num_particles": int(result.samples.shape[0])}
-        rows.append(row | evaluate(setting, result.samples, result.log_weights, result.rewards))
+        row |= evaluate(setting, result.samples, result.log_weights, result.rewards)
+        rows.append(row | {"warnings": " | ".join(diagnose(result, data_range=data_range))})
     weights = np.exp(np.asarray(first.log_weights, np.float64))
     run_s = float(np.median(times[1:])) if seeds > 1 else math.nan
     return MethodRun(rows, np.asarray(first.samples), weights, times[0], run_s)

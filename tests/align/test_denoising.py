@@ -447,6 +447,6 @@ def test_nfe_per_step_is_reported():
     """``info.proposal_info`` holds the model evaluations of each step: ``N`` per step and none
     at the last one (the exact reward); with the ``N`` at ``t_0`` they sum to ``nfe``."""
     res = jitted_run()(jax.random.key(0))
-    per_step = np.asarray(res.info.proposal_info)
+    per_step = np.asarray(res.info.proposal_info.nfe)
     np.testing.assert_array_equal(per_step, [64] * (NUM_STEPS - 1) + [0])
     assert int(res.nfe) == 64 + per_step.sum()
