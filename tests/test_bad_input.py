@@ -128,30 +128,35 @@ def test_very_sharp_psi_sampler_gives_nan_particles_only_with_zero_weight_and_sa
     assert {"collapsed", "invalid"} <= {p.split(":")[0] for p in align.diagnose(result)}
 
 
-def test_sharp_digits_reward_out_of_range_is_flagged():
-    """digits, class 4, smc, α = 1e-5, 20 particles, 10 steps: rc 0, ESS 20/20 and black
-    blobs with pixels up to 233 before. The first twisted step moved the particles hundreds of
-    noise widths (ESS 1 there); the classifier saturates out there (r = 0, ∇r = 0), so every
-    later weight is uniform: an exact ESS of N of copies far outside [−1, 1]."""
+def test_sharp_digits_reward_out_of_range_is_flagged_and_the_cli_warns(capsys):
+    """digits, class 4, smc, α = 1e-5, 20 particles, 10 steps: rc 0, ESS 20/20, held-out
+    accuracy 1 and black blobs with pixels up to 233 before. The first twisted step moved the
+    particles hundreds of noise widths (ESS 1 there); the classifier saturates out there
+    (r = 0, ∇r = 0), so every later weight is uniform: an exact ESS of N of copies far outside
+    [−1, 1]. The study row now carries the warnings and the CLI prints them."""
+    from psijax import cli
     from psijax.experiments import digits
 
     models = digits.load_models("reflow")
+    task = digits.make_task("class", 4, alpha=1e-5)
+    run = digits.run_method(models, [task], "smc", budget=200, num_steps=10, seeds=1)
+    (row,) = run.rows
+    assert row["ess"] > 19.0 and row["nn_dist"] > 100.0  # the misleading numbers
+    kinds = {p.split(":")[0] for p in row["warnings"].split(" | ")}
+    assert {"shift", "range"} <= kinds, row["warnings"]
+    cli._warn_about(run.rows)
+    err = capsys.readouterr().err
+    assert "psijax: warning: smc: 1 of 1 run(s) cannot be trusted" in err and "- shift:" in err
+
     problem = digits.make_problem(models, "class", 4, 1e-5)
-    run = jax.jit(
-        lambda key, cap: align.smc(
-            key, problem, num_particles=20, num_steps=10, proposal=align.Twisted(cap)
-        ),
-        static_argnums=1,
-    )
-    result = run(jax.random.key(0), None)
-    assert float(result.info.smc.final_ess) > 19.0  # the misleading number
-    assert float(np.max(np.abs(result.samples))) > 10.0
-    problems = align.diagnose(result, data_range=digits.DATA_RANGE)
-    kinds = {p.split(":")[0] for p in problems}
-    assert {"shift", "range"} <= kinds, problems
-    capped = run(jax.random.key(0), 3.0)
+    capped = jax.jit(
+        lambda key: align.smc(
+            key, problem, num_particles=20, num_steps=10, proposal=align.Twisted(max_shift=3.0)
+        )
+    )(jax.random.key(0))
     assert float(np.max(np.abs(capped.samples))) < 2.0
-    assert "range" not in {p.split(":")[0] for p in align.diagnose(capped, data_range=(-1, 1))}
+    problems = align.diagnose(capped, data_range=digits.DATA_RANGE)
+    assert not {"shift", "range"} & {p.split(":")[0] for p in problems}, problems
 
 
 def test_diagnose_rejects_what_it_cannot_read():
