@@ -116,6 +116,18 @@ def test_capped_proposal_is_exact_when_the_cap_does_not_bind():
     assert align.diagnose(plain) == ()
 
 
+def test_shift_is_nan_not_zero_without_noise():
+    """A deterministic sampler (σ = 0) has no noise to measure a shift against: NaN, and
+    diagnose raises no shift warning from it (0 would read as "perfectly healthy")."""
+    from psijax.flows import sde
+
+    result = align.smc(
+        jax.random.key(0), TOY, num_particles=8, num_steps=4, diffusion=sde.ode_diffusion()
+    )
+    assert np.all(np.isnan(np.asarray(result.info.smc.proposal_info.shift)))
+    assert "shift" not in {p.split(":")[0] for p in align.diagnose(result)}
+
+
 def test_very_sharp_psi_sampler_gives_nan_particles_only_with_zero_weight_and_says_so():
     """α = 1e-4: NaN samples (psi_sampler too); every one has weight zero and is reported."""
     result = jax.jit(lambda k: align.psi_sampler(k, _sharp(1e-4), nfe_budget=1000, num_steps=25))(

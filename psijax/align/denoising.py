@@ -96,14 +96,16 @@ class MoveInfo(NamedTuple):
     lineages
         How many distinct initial particles the particles entering the move descend from
         (after the step's resampling): ``N`` at first, ``1`` once every particle is a copy of
-        one ancestor. A final ESS of ``N`` with one lineage counts copies, not draws.
+        one ancestor. Usually small after many resamplings (path degeneracy), which is
+        normal for what the SMC estimates at ``t = 0``; it is recorded, not checked.
     shift
         ``max_n ‖x'_n − μ_n‖ / (σ √d)`` over the particles with a finite move: how far the
         proposal put the particles from the model's mean, in units of the model's noise
         (about 1 for the model's own transition; the twisted proposal adds
         ``σ‖G‖/√d``). Far above 1, ``q`` and ``p`` barely overlap: the weights degenerate and
         the particles follow the reward's gradient, not the model (α too small for the
-        reward at this step size; docs/algorithms.md §5).
+        reward at this step size; docs/algorithms.md §5.2). NaN at a deterministic step
+        (``σ = 0``), where there is no noise to measure it against.
     num_invalid
         Particles whose new position, reward or gradient is not finite (weight zero).
     max_abs
@@ -353,6 +355,7 @@ def _move_info(nfe, cache: Cache, step: ProposalInputs, x_next, bad_next) -> Mov
     distance = jnp.sqrt(jnp.sum(jnp.square(x_next - step.mean), axis=axes))
     moved = finite & ~cache.bad  # a particle that entered with zero weight says nothing
     shift = jnp.max(jnp.where(moved, distance / jnp.where(noise > 0, noise, 1.0), 0.0))
+    shift = jnp.where(noise > 0, shift, jnp.nan)  # no noise (σ = 0): no unit to measure in
     valid = finite & ~bad_next
     expand = valid.reshape(valid.shape + (1,) * len(axes))
     max_abs = jnp.max(jnp.where(expand, jnp.abs(x_next), 0.0))

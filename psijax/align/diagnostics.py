@@ -28,8 +28,8 @@ Checks (thresholds in :data:`THRESHOLDS`):
 
 The valid range of ``α``: with the twisted proposal, step ``t → t'`` moves the mean by
 ``σ²λ∇r/α``; for a reward of curvature ``L`` along the prediction this is a gradient step of
-size ``σ²λL/α``, unstable beyond 2. So ``α`` should stay above about ``max_t σ_t²·L`` (docs/
-algorithms.md §5 measures it on the toy).
+size ``σ²λL/α``, unstable beyond 2. So ``α`` should stay above about ``max_t σ_t²·L_t/2``
+(docs/algorithms.md §5.2 measures it on the toy and on digits).
 """
 
 import math
@@ -101,8 +101,8 @@ def _smc_checks(info: SMCInfo, n: int, limits: dict) -> list[str]:
             f"invalid: {int(invalid.max())} particle(s) got a NaN/inf position, reward or "
             f"gradient (first at step {first}); they have weight zero."
         )
-    shift = np.asarray(move.shift, np.float64)
-    if np.nanmax(shift, initial=0.0) > limits["shift"]:
+    shift = np.asarray(move.shift, np.float64)  # NaN at a deterministic step (σ = 0)
+    if np.any(shift > limits["shift"]):
         step = int(np.nanargmax(shift))
         messages.append(
             f"shift: the proposal moved particles {shift[step]:.3g} noise widths from the "
