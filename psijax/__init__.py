@@ -9,7 +9,7 @@ The MCMC kernels are exposed BlackJAX-style::
 
 and ``psijax.pcnl.init`` / ``psijax.pcnl.build_kernel`` are the pieces BlackJAX's SMC takes.
 
-The subpackages (``align``, ``flows``, ``mcmc``, ``metrics``, ``models``, ``smc``,
+The subpackages (``align``, ``discrete``, ``flows``, ``mcmc``, ``metrics``, ``models``, ``smc``,
 ``experiments``) and the kernels are imported on first use, so ``import psijax`` loads nothing
 heavy (the ``psijax`` command answers ``--help`` and ``--version`` without JAX): the kernels
 (``psijax.pcnl`` …) load JAX and BlackJAX, and the models (Flax, FLUX) and diffrax load when
@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 
 _KERNELS = ("pcn", "pcnl", "ula")
 
-_SUBMODULES = ("align", "experiments", "flows", "mcmc", "metrics", "models", "smc")
+_SUBMODULES = ("align", "discrete", "experiments", "flows", "mcmc", "metrics", "models", "smc")
 
 __all__ = [*_SUBMODULES, "pcn", "pcnl", "ula", "__version__"]
 

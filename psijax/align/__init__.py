@@ -11,7 +11,8 @@ initial stages (:class:`Prior`, :class:`TopK`, :class:`Chains`, :class:`Tempered
 (:class:`Twisted`, :class:`Bootstrap`), the potentials of :mod:`psijax.smc.potentials`, and
 :func:`run_smc` (the SMC over the denoising grid on the generic core
 :mod:`psijax.smc.feynman_kac`). Every sampler takes ``mesh=`` to split its particles over
-devices (:mod:`psijax.smc.sharding`).
+devices (:mod:`psijax.smc.sharding`). The samplers for masked discrete diffusion are
+:mod:`psijax.align.discrete` (loaded on first use).
 
 Deprecated names (0.1, removed after 0.2; they warn): ``top_k``, ``ula``, ``mala``, ``pcn``
 (now ``top_k_smc``, ``ula_smc``, ``mala_smc``, ``pcn_smc``; the old ``step_size`` of ``ula`` and
@@ -92,6 +93,10 @@ def __getattr__(name: str):
         from psijax.align.init import initial_particles
 
         return initial_particles
+    if name == "discrete":  # the masked-diffusion samplers, loaded on first use
+        import importlib
+
+        return importlib.import_module("psijax.align.discrete")
     raise AttributeError(f"module 'psijax.align' has no attribute {name!r}")
 
 

@@ -74,14 +74,19 @@ def best_sample(result: AlignmentResult, rule: str = "reward", rng_key=None) -> 
     """One sample chosen from a result (docs/algorithms.md §5 "Output").
 
     ``rule="reward"``: the highest finite reward among particles of nonzero weight (the paper's
-    choice; ties: the first); ``"weights"``: a draw from the normalized weights (needs
-    ``rng_key``). Raises ``ValueError`` for another rule or a missing key.
+    choice; ties: the first); ``"weights"`` (or ``"multinomial"``): a draw from the normalized
+    weights (needs ``rng_key``); ``"best_weight"``: the particle of largest weight. Raises
+    ``ValueError`` for another rule or a missing key.
     """
     if rule == "reward":
         usable = jnp.isfinite(result.rewards) & (result.log_weights > -jnp.inf)
         return result.samples[jnp.argmax(jnp.where(usable, result.rewards, -jnp.inf))]
-    if rule == "weights":
+    if rule == "best_weight":
+        return result.samples[jnp.argmax(result.log_weights)]
+    if rule in ("weights", "multinomial"):
         if rng_key is None:
             raise ValueError("`rng_key` is needed for rule='weights'.")
         return result.samples[jax.random.categorical(rng_key, result.log_weights)]
-    raise ValueError(f"`rule` must be 'reward' or 'weights', got {rule!r}.")
+    raise ValueError(
+        f"`rule` must be 'reward', 'weights', 'multinomial' or 'best_weight', got {rule!r}."
+    )
