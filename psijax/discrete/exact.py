@@ -94,9 +94,9 @@ def forward(log_matrix: Callable, num_steps: int, log_initial: ArrayLike) -> Arr
     """``log P_T`` from ``log P_0`` through ``log P_{i+1} = logsumexp_x(log P_i + log_matrix(i))``."""
 
     def body(log_p, i):
-        return jax.nn.logsumexp(log_p[:, None] + log_matrix(i), axis=0), None
+        return jax.nn.logsumexp(log_p[:, None] + log_matrix(i), axis=0).astype(log_p.dtype), None
 
-    log_p, _ = jax.lax.scan(body, jnp.asarray(log_initial), jnp.arange(num_steps))
+    log_p, _ = jax.lax.scan(body, _widest(log_initial), jnp.arange(num_steps))
     return log_p
 
 
@@ -105,10 +105,10 @@ def backward(log_matrix: Callable, num_steps: int, log_terminal: ArrayLike) -> A
     ``log V_i = logsumexp_{x'}(log_matrix(i) + log V_{i+1})``."""
 
     def body(log_v, i):
-        new = jax.nn.logsumexp(log_matrix(i) + log_v[None, :], axis=1)
+        new = jax.nn.logsumexp(log_matrix(i) + log_v[None, :], axis=1).astype(log_v.dtype)
         return new, new
 
-    log_terminal = jnp.asarray(log_terminal)
+    log_terminal = _widest(log_terminal)
     _, history = jax.lax.scan(body, log_terminal, jnp.arange(num_steps), reverse=True)
     return jnp.concatenate([history, log_terminal[None]], axis=0)
 
@@ -169,3 +169,9 @@ def terminal_log_values(reward_fn: Callable, states: ArrayLike, vocab_size: int,
     rewards = jax.vmap(lambda x: reward_fn(one_hot(x, vocab_size)))(states)
     return jnp.where(is_data_state(states, vocab_size), rewards / beta, -jnp.inf)
 
+
+
+def _widest(values: ArrayLike) -> Array:
+    """``values`` in the default float type (float64 under ``jax_enable_x64``) or wider."""
+    values = jnp.asarray(values)
+    return values.astype(jnp.promote_types(values.dtype, jnp.result_type(float)))

@@ -133,8 +133,11 @@ class DiscreteSampler:
         return run_discrete_smc(rng_key, problem, num_particles=num_particles, **config)
 
     def num_particles_for(self, nfe_budget: int, problem, reward_cost: float = 1.0, **config) -> int:
-        """``N = ⌊B / cost_per_particle⌋`` for this configuration (module docstring)."""
+        """``N = ⌊B / cost_per_particle⌋`` for this configuration, with ``config`` (keywords of
+        ``run_discrete_smc``, ``num_steps`` among them) over the sampler's own (module
+        docstring)."""
         nfe_budget = check_int(nfe_budget, "nfe_budget")
+        config = {**self.config, **config}
         cost = cost_per_particle(
             check_int(config["num_steps"], "num_steps"),
             config.get("twist") or (Soft() if problem.reward_fn is not None else NoTwist()),
