@@ -138,7 +138,7 @@ class HMM:
             new = jax.nn.logsumexp(log_a + (f + carry)[None, :], axis=1)
             return new, new
 
-        last = jnp.zeros_like(log_pi)
+        last = jnp.zeros_like(log_factors[0])  # (derived from the input: a scan carry under shard_map)
         _, beta = jax.lax.scan(bwd, last, log_factors[1:], reverse=True)
         beta = jnp.concatenate([beta, last[None]])
         return jax.nn.log_softmax(alpha + beta, axis=-1)
