@@ -1,4 +1,4 @@
-"""The masked-diffusion convention (mask id ``V``, ``t = 1`` all masked), knowing nothing of rewards.
+"""The masked-diffusion convention (mask id ``V``, ``t = 1`` all masked); knows no rewards.
 
 - :mod:`~psijax.discrete.schedules`: ``α(t)`` (linear, cosine, MDLM log-linear) and time grids;
 - :mod:`~psijax.discrete.masking`: one-hots, forward masking, the denoiser's carry-over;
@@ -15,5 +15,14 @@ from psijax.discrete import exact, kernels, masking, sampling, schedules
 from psijax.discrete.kernels import MDLM, OneToken, ReMDM
 from psijax.discrete.sampling import sample
 
-__all__ = ["schedules", "masking", "kernels", "sampling", "exact", "MDLM", "ReMDM", "OneToken",
-           "sample"]
+__all__ = [
+    "schedules",
+    "masking",
+    "kernels",
+    "sampling",
+    "exact",
+    "MDLM",
+    "ReMDM",
+    "OneToken",
+    "sample",
+]

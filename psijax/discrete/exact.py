@@ -91,7 +91,7 @@ def kernel_log_matrix(
 
 
 def forward(log_matrix: Callable, num_steps: int, log_initial: ArrayLike) -> Array:
-    """``log P_T`` from ``log P_0`` through ``log P_{i+1} = logsumexp_x(log P_i + log_matrix(i))``."""
+    """``log P_T`` from ``log P_0``: ``log P_{i+1} = logsumexp_x(log P_i + log_matrix(i))``."""
 
     def body(log_p, i):
         return jax.nn.logsumexp(log_p[:, None] + log_matrix(i), axis=0).astype(log_p.dtype), None
@@ -168,7 +168,6 @@ def terminal_log_values(reward_fn: Callable, states: ArrayLike, vocab_size: int,
     states = jnp.asarray(states)
     rewards = jax.vmap(lambda x: reward_fn(one_hot(x, vocab_size)))(states)
     return jnp.where(is_data_state(states, vocab_size), rewards / beta, -jnp.inf)
-
 
 
 def _widest(values: ArrayLike) -> Array:

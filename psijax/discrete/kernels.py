@@ -188,7 +188,9 @@ class OneToken(Kernel):
         count = jnp.sum(changed)
         unmasked = jnp.sum(x_next != vocab_size)
         masked_one = jnp.all(jnp.where(changed, x == vocab_size, True))
-        one = jnp.where(masked_one, -jnp.log(jnp.maximum(unmasked, 1).astype(jnp.float32)), -jnp.inf)
+        one = jnp.where(
+            masked_one, -jnp.log(jnp.maximum(unmasked, 1).astype(jnp.float32)), -jnp.inf
+        )
         return jnp.where(count == 1, one, jnp.where((count == 0) & (unmasked == 0), 0.0, -jnp.inf))
 
 
@@ -207,7 +209,9 @@ def check_kernel(kernel) -> Kernel:
     """``kernel`` when it is a :class:`Kernel` (a name of ``KERNELS`` is made with defaults)."""
     if isinstance(kernel, str):
         if kernel not in KERNELS:
-            raise ValueError(f"`kernel` must be one of {tuple(KERNELS)} or a Kernel, got {kernel!r}.")
+            raise ValueError(
+                f"`kernel` must be one of {tuple(KERNELS)} or a Kernel, got {kernel!r}."
+            )
         return KERNELS[kernel]()
     if not isinstance(kernel, Kernel):
         raise TypeError(

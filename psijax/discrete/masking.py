@@ -16,7 +16,8 @@ where ``x^l ≠ m``. On a relaxed one-hot the carry-over is continuous,
 
 .. math::
 
-    μ(E)_l = c_l(E)\,\mathrm{softmax}(ℓ_l) + (1 − e_m) ⊙ E_l,\qquad c_l(E) = 1 − \sum_{v ≠ m} E_{l,v},
+    μ(E)_l = c_l(E)\,\mathrm{softmax}(ℓ_l) + (1 − e_m) ⊙ E_l,\qquad
+    c_l(E) = 1 − \sum_{v ≠ m} E_{l,v},
 
 which equals the hard rule at a one-hot and keeps the gradient at unmasked positions (with a
 hard ``where`` it would be lost).
@@ -41,7 +42,7 @@ __all__ = [
 
 
 def one_hot(x: ArrayLike, vocab_size: int, dtype=jnp.float32) -> Array:
-    """``e(x)``: the ``(…, L, V + 1)`` one-hot of tokens ``x`` (the mask ``V`` in the last column)."""
+    """``e(x)``: the ``(…, L, V + 1)`` one-hot of tokens ``x`` (the mask ``V`` last)."""
     return jax.nn.one_hot(x, vocab_size + 1, dtype=dtype)
 
 
@@ -66,7 +67,7 @@ def mask(rng_key: PRNGKey, x: ArrayLike, alpha: ArrayLike, vocab_size: int) -> A
 def forward_log_prob(
     x_t: ArrayLike, x_s: ArrayLike, alpha_t: ArrayLike, alpha_s: ArrayLike, vocab_size: int
 ) -> Array:
-    r"""``log q(x_t | x_s)`` of the forward process from time ``s`` to a later ``t`` (``α_t ≤ α_s``).
+    r"""``log q(x_t | x_s)``: the forward process from ``s`` to a later ``t`` (``α_t ≤ α_s``).
 
     Per position: a masked ``x_s^l`` stays masked; a token stays with probability ``α_t/α_s``
     and is masked with ``1 − α_t/α_s``; any other move has probability 0.
@@ -77,7 +78,9 @@ def forward_log_prob(
     log_p = jnp.where(
         masked_s,
         jnp.where(x_t == vocab_size, 0.0, -jnp.inf),
-        jnp.where(x_t == x_s, jnp.log(keep), jnp.where(x_t == vocab_size, jnp.log1p(-keep), -jnp.inf)),
+        jnp.where(
+            x_t == x_s, jnp.log(keep), jnp.where(x_t == vocab_size, jnp.log1p(-keep), -jnp.inf)
+        ),
     )
     return jnp.sum(log_p)
 

@@ -1,4 +1,4 @@
-r"""The unguided masked-diffusion sampler: ``T`` reverse steps from ``m^L`` (docs/algorithms.md §10.2).
+r"""The unguided masked-diffusion sampler: ``T`` steps from ``m^L`` (docs/algorithms.md §10.2).
 
 Step ``i`` goes from ``t_i`` to ``t_{i+1}``: one denoiser call ``ℓ(e(x), t_i)``, the
 carry-over log-probabilities ``log μ``
@@ -77,7 +77,8 @@ def initial_state(length: int, vocab_size: int, prompt: ArrayLike | None = None)
         raise ValueError("`prompt` must be concrete (not traced).")
     if values.shape != (length,) or not np.issubdtype(values.dtype, np.integer):
         raise ValueError(
-            f"`prompt` must be an int array of shape ({length},), got {values.dtype} {values.shape}."
+            f"`prompt` must be an int array of shape ({length},), got "
+            f"{values.dtype} {values.shape}."
         )
     if np.any(values < 0) or np.any(values > vocab_size):
         raise ValueError(

@@ -57,12 +57,14 @@ def get_schedule(schedule) -> Callable[[ArrayLike], Array]:
     """A schedule by name (``SCHEDULES``) or the callable itself; ``ValueError`` otherwise."""
     if isinstance(schedule, str):
         if schedule not in SCHEDULES:
-            raise ValueError(f"`schedule` must be one of {tuple(SCHEDULES)} or a callable, got "
-                             f"{schedule!r}.")
+            raise ValueError(
+                f"`schedule` must be one of {tuple(SCHEDULES)} or a callable, got {schedule!r}."
+            )
         return SCHEDULES[schedule]
     if not callable(schedule):
-        raise TypeError(f"`schedule` must be one of {tuple(SCHEDULES)} or a callable α(t), got "
-                        f"{schedule!r}.")
+        raise TypeError(
+            f"`schedule` must be one of {tuple(SCHEDULES)} or a callable α(t), got {schedule!r}."
+        )
     return schedule
 
 
@@ -100,9 +102,15 @@ def alphas(schedule, grid: ArrayLike) -> np.ndarray:
     if times is None:
         raise ValueError("`grid` must be concrete (not traced).")
     if times.ndim != 1 or times.shape[0] < 2:
-        raise ValueError(f"`grid` must be a 1-D array of T + 1 >= 2 times, got shape {times.shape}.")
-    if not (np.all(np.isfinite(times)) and times[0] == 1.0 and times[-1] == 0.0
-            and np.all(np.diff(times) < 0)):
+        raise ValueError(
+            f"`grid` must be a 1-D array of T + 1 >= 2 times, got shape {times.shape}."
+        )
+    if not (
+        np.all(np.isfinite(times))
+        and times[0] == 1.0
+        and times[-1] == 0.0
+        and np.all(np.diff(times) < 0)
+    ):
         raise ValueError("`grid` must decrease strictly from t_0 = 1 to t_T = 0.")
     with jax.ensure_compile_time_eval():  # concrete even when called inside jit
         values = concrete_value(schedule(jnp.asarray(times)), np.float64)
@@ -117,6 +125,8 @@ def alphas(schedule, grid: ArrayLike) -> np.ndarray:
             f"got α on the grid {values}."
         )
     if not np.isclose(values[-1], 1.0, rtol=0.0, atol=1e-6):
-        raise ValueError(f"`schedule` must have α(0) = 1 (no mask left at t = 0), got {values[-1]}.")
+        raise ValueError(
+            f"`schedule` must have α(0) = 1 (no mask left at t = 0), got {values[-1]}."
+        )
     values[-1] = 1.0
     return values

@@ -2,7 +2,8 @@
 
 The submodules are imported on first use (``psijax.models.flux`` loads Flax and the FLUX
 port only when asked for): ``conjugate``, ``digits``, ``digits_classifiers``, ``flux``, ``gmm``
-(:class:`GaussianMixture`), ``linear_gaussian``, ``masked_toys``, ``module_io``, ``presets``, ``reflow``.
+(:class:`GaussianMixture`), ``linear_gaussian``, ``masked_toys``, ``module_io``, ``presets``,
+``reflow``.
 """
 
 import importlib

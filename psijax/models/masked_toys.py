@@ -1,4 +1,4 @@
-r"""Masked-diffusion models with exact denoisers (docs/algorithms.md §10.6). Know nothing of sampling.
+r"""Masked-diffusion models with exact denoisers (docs/algorithms.md §10.6); no sampling here.
 
 Each model is a distribution ``p`` over ``{0 … V−1}^L`` with its **exact denoiser**: the
 conditional of each masked position given the unmasked ones, written so that it takes a
@@ -49,8 +49,14 @@ class MixtureOfProducts:
     log_theta: ArrayLike
 
     @classmethod
-    def random(cls, rng_key: PRNGKey, num_components: int, length: int, vocab_size: int,
-               concentration: float = 0.5) -> "MixtureOfProducts":
+    def random(
+        cls,
+        rng_key: PRNGKey,
+        num_components: int,
+        length: int,
+        vocab_size: int,
+        concentration: float = 0.5,
+    ) -> "MixtureOfProducts":
         """Components ``θ_{c,l} ~ Dirichlet(concentration)`` and weights ``~ Dirichlet(1)``."""
         k1, k2 = jax.random.split(rng_key)
         theta = jax.random.dirichlet(
@@ -106,8 +112,14 @@ class HMM:
     length: int
 
     @classmethod
-    def random(cls, rng_key: PRNGKey, num_hidden: int, length: int, vocab_size: int,
-               concentration: float = 0.5) -> "HMM":
+    def random(
+        cls,
+        rng_key: PRNGKey,
+        num_hidden: int,
+        length: int,
+        vocab_size: int,
+        concentration: float = 0.5,
+    ) -> "HMM":
         """Dirichlet(``concentration``) transition and emission rows, Dirichlet(1) start."""
         k1, k2, k3 = jax.random.split(rng_key, 3)
         a = jax.random.dirichlet(k1, jnp.full((num_hidden,), concentration), (num_hidden,))
@@ -138,7 +150,9 @@ class HMM:
             new = jax.nn.logsumexp(log_a + (f + carry)[None, :], axis=1)
             return new, new
 
-        last = jnp.zeros_like(log_factors[0])  # (derived from the input: a scan carry under shard_map)
+        last = jnp.zeros_like(
+            log_factors[0]
+        )  # (derived from the input: a scan carry under shard_map)
         _, beta = jax.lax.scan(bwd, last, log_factors[1:], reverse=True)
         beta = jnp.concatenate([beta, last[None]])
         return jax.nn.log_softmax(alpha + beta, axis=-1)
@@ -170,10 +184,10 @@ class HMM:
             keys = jax.random.split(key, 2 * self.length)
             z = jax.random.categorical(keys[0], log_pi)
             xs = []
-            for l in range(self.length):
-                if l:
-                    z = jax.random.categorical(keys[2 * l], log_a[z])
-                xs.append(jax.random.categorical(keys[2 * l + 1], log_b[z]))
+            for pos in range(self.length):
+                if pos:
+                    z = jax.random.categorical(keys[2 * pos], log_a[z])
+                xs.append(jax.random.categorical(keys[2 * pos + 1], log_b[z]))
             return jnp.stack(xs).astype(jnp.int32)
 
         return jax.vmap(one)(jax.random.split(rng_key, num_samples))
@@ -213,14 +227,14 @@ class JointTable:
         factors = e[:, :-1] + e[:, -1:]  # (L, V)
         p = self.probs()
         rows = []
-        for l in range(self.length):
+        for pos in range(self.length):
             weighted = p
             for k in range(self.length):
-                if k != l:
+                if k != pos:
                     shape = [1] * self.length
                     shape[k] = -1
                     weighted = weighted * factors[k].reshape(shape)
-            axes = tuple(k for k in range(self.length) if k != l)
+            axes = tuple(k for k in range(self.length) if k != pos)
             rows.append(jnp.sum(weighted, axis=axes))
         mu = jnp.stack(rows)
         return _with_mask_column(jnp.log(mu / jnp.sum(mu, axis=-1, keepdims=True)))
@@ -237,9 +251,13 @@ class JointTable:
         return jnp.stack(jnp.unravel_index(flat, log_p.shape), axis=-1).astype(jnp.int32)
 
 
-def grid_mixture(means: ArrayLike, variance: float = 0.3, num_points: int = 64,
-                 domain: tuple[float, float] = (-6.0, 6.0), weights: ArrayLike | None = None
-                 ) -> JointTable:
+def grid_mixture(
+    means: ArrayLike,
+    variance: float = 0.3,
+    num_points: int = 64,
+    domain: tuple[float, float] = (-6.0, 6.0),
+    weights: ArrayLike | None = None,
+) -> JointTable:
     """A 2-D Gaussian mixture with isotropic covariance ``variance·I`` evaluated on the grid
     ``linspace(*domain, num_points)²`` and normalised over it (``L = 2``, ``V = num_points``)."""
     means = np.asarray(means, np.float64)

@@ -41,11 +41,12 @@ def test_exact_denoisers_equal_enumeration(name):
         log_p = jax.vmap(model.log_prob)(data)
         np.testing.assert_allclose(float(jax.nn.logsumexp(log_p)), 0.0, atol=1e-10)
         states = exact.enumerate_states(L, V)
-        mus = np.exp(np.asarray(jax.vmap(
-            lambda x: model.logits(masking.one_hot(x, V, jnp.float64)))(states)))
+        mus = np.exp(
+            np.asarray(jax.vmap(lambda x: model.logits(masking.one_hot(x, V, jnp.float64)))(states))
+        )
         assert np.all(mus[..., V] == 0.0)  # no mass on the mask
         data, p = np.asarray(data), np.exp(np.asarray(log_p))
-        for x, mu in zip(np.asarray(states), mus):
+        for x, mu in zip(np.asarray(states), mus, strict=True):
             observed = x < V
             weights = np.where(np.all((data == x) | ~observed, axis=1), p, 0.0)
             for pos in np.flatnonzero(~observed):
@@ -113,9 +114,9 @@ def test_unguided_sampler_matches_the_exact_marginal(kernel):
     """Chi-square of 20,000 draws against ``P^T`` of the DP (cells of expected count ≥ 5)."""
     model = _models()["hmm"]
     steps = L if kernel == "one_token" else 3
-    draw = jax.jit(jax.vmap(
-        lambda k: sampling.sample(k, model.logits, L, V, num_steps=steps, kernel=kernel)
-    ))
+    draw = jax.jit(
+        jax.vmap(lambda k: sampling.sample(k, model.logits, L, V, num_steps=steps, kernel=kernel))
+    )
     xs = draw(jax.random.split(jax.random.key(0), 20_000))
     assert not np.any(np.asarray(xs) == V)
     with jax.enable_x64(True):
@@ -131,9 +132,11 @@ def test_unguided_sampler_matches_the_exact_marginal(kernel):
 def test_prompt_positions_are_frozen_under_remasking():
     model = _models()["mixture"]
     prompt = jnp.array([2, V, V, 0])
-    xs = jax.vmap(lambda k: sampling.sample(k, model.logits, L, V, num_steps=6,
-                                            kernel=kernels.ReMDM(1.0), prompt=prompt))(
-        jax.random.split(jax.random.key(3), 200))
+    xs = jax.vmap(
+        lambda k: sampling.sample(
+            k, model.logits, L, V, num_steps=6, kernel=kernels.ReMDM(1.0), prompt=prompt
+        )
+    )(jax.random.split(jax.random.key(3), 200))
     assert np.all(np.asarray(xs[:, 0]) == 2) and np.all(np.asarray(xs[:, 3]) == 0)
     assert len(np.unique(np.asarray(xs[:, 1:3]), axis=0)) > 1
 
@@ -169,8 +172,12 @@ def test_grid_mixtures():
         (lambda: kernels.ReMDM(0.5, "clip"), "mode"),
         (lambda: kernels.MDLM(0.2), "ReMDM"),
         (lambda: sampling.initial_state(3, 2, jnp.array([0, 3, 1])), "token ids"),
-        (lambda: sampling.sample(jax.random.key(0), lambda e, t: e, 3, 2, num_steps=2,
-                                 kernel="one_token"), "free positions"),
+        (
+            lambda: sampling.sample(
+                jax.random.key(0), lambda e, t: e, 3, 2, num_steps=2, kernel="one_token"
+            ),
+            "free positions",
+        ),
         (lambda: exact.enumerate_states(20, 4), "exceeds"),
     ],
 )

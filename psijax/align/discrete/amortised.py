@@ -70,16 +70,36 @@ def _setup(problem, kernel, schedule, num_steps, twist, target, annealing):
     times, alpha = sampler_grid(num_steps, schedule)
     num_steps = times.shape[0] - 1
     check_one_token_steps(kernel, num_steps, problem.num_free)
-    twist = check_twist((Soft() if problem.reward_fn is not None else NoTwist()) if twist is None
-                        else twist)
+    twist = check_twist(
+        (Soft() if problem.reward_fn is not None else NoTwist()) if twist is None else twist
+    )
     target = check_target(RewardTilt() if target is None else target)
     kappas = jnp.asarray(_checked_schedule(annealing, num_steps) / problem.beta, jnp.float32)
-    return problem, kernel, jnp.asarray(times, jnp.float32), jnp.asarray(alpha, jnp.float32), \
-        twist, target, kappas
+    return (
+        problem,
+        kernel,
+        jnp.asarray(times, jnp.float32),
+        jnp.asarray(alpha, jnp.float32),
+        twist,
+        target,
+        kappas,
+    )
 
 
-def _trajectories(key, problem, kernel, times, alpha, twist, target, kappas, logits_q, params,
-                  num_trajectories, policy):
+def _trajectories(
+    key,
+    problem,
+    kernel,
+    times,
+    alpha,
+    twist,
+    target,
+    kappas,
+    logits_q,
+    params,
+    num_trajectories,
+    policy,
+):
     """States ``(B, T + 1, L)``, constants ``c_i = log p̃ + ρ_{i+1} − ρ_i`` ``(B, T)``."""
     vocab, frozen, num_steps = problem.vocab_size, problem.frozen, times.shape[0] - 1
     fixed = jax.lax.stop_gradient(params)
@@ -91,29 +111,37 @@ def _trajectories(key, problem, kernel, times, alpha, twist, target, kappas, log
             k_move, k_twist = jax.random.split(k)
             e = one_hot(x, vocab)
             log_mus = (denoiser_log_probs(problem.logits_fn(e, t), x, vocab),) + tuple(
-                denoiser_log_probs(f(e, t), x, vocab) for f in target.extra_logits_fns)
-            tables = tuple(kernel.freeze(kernel.table(x, lm, a_t, a_s), x, frozen)
-                           for lm in log_mus)
+                denoiser_log_probs(f(e, t), x, vocab) for f in target.extra_logits_fns
+            )
+            tables = tuple(
+                kernel.freeze(kernel.table(x, lm, a_t, a_s), x, frozen) for lm in log_mus
+            )
             q_mu = denoiser_log_probs(logits_q(fixed, e, t), x, vocab)
             q_table = kernel.freeze(kernel.table(x, q_mu, a_t, a_s), x, frozen)
             table = jnp.where(on_policy, q_table, target.proposal_table(kernel, tables))
             x_next = kernel.sample(k_move, table, x)
             log_p = target.log_kernel(kernel, tables, x, x_next, a_t, a_s, vocab, frozen)
-            rho_hat = evaluate(twist, problem, k_twist, x_next, times[level], k_next, k_next,
-                               level, False).log_twist
-            rho_end = jnp.asarray(problem.reward(one_hot(x_next, vocab)), jnp.float32) / problem.beta
+            rho_hat = evaluate(
+                twist, problem, k_twist, x_next, times[level], k_next, k_next, level, False
+            ).log_twist
+            rho_end = (
+                jnp.asarray(problem.reward(one_hot(x_next, vocab)), jnp.float32) / problem.beta
+            )
             rho_next = jnp.where(last, rho_end, rho_hat)
             return (x_next, rho_next), (x, log_p + rho_next - rho)
 
         start = jnp.asarray(problem.start)
-        rho0 = evaluate(twist, problem, key, start, times[0], kappas[0], kappas[0], 0,
-                        False).log_twist
+        rho0 = evaluate(
+            twist, problem, key, start, times[0], kappas[0], kappas[0], 0, False
+        ).log_twist
         levels = jnp.arange(1, num_steps + 1)
         last = levels == num_steps
         keys = jax.random.split(key, num_steps)
         (x_end, _), (xs, consts) = jax.lax.scan(
-            body, (start, rho0),
-            (keys, times[:-1], alpha[:-1], alpha[1:], kappas[:-1], kappas[1:], levels, last))
+            body,
+            (start, rho0),
+            (keys, times[:-1], alpha[:-1], alpha[1:], kappas[:-1], kappas[1:], levels, last),
+        )
         return jnp.concatenate([xs, x_end[None]]), consts
 
     keys = jax.random.split(key, num_trajectories)
@@ -176,9 +204,22 @@ def log_variance_loss(
     kl_weight = check_real(kl_weight, "kl_weight", ge=0.0)
     entropy_weight = check_real(entropy_weight, "entropy_weight", ge=0.0)
     problem, kernel, times, alpha, twist, target, kappas = _setup(
-        problem, kernel, schedule, num_steps, twist, target, annealing)
-    states, consts = _trajectories(rng_key, problem, kernel, times, alpha, twist, target, kappas,
-                                   logits_fn, params, num_trajectories, policy)
+        problem, kernel, schedule, num_steps, twist, target, annealing
+    )
+    states, consts = _trajectories(
+        rng_key,
+        problem,
+        kernel,
+        times,
+        alpha,
+        twist,
+        target,
+        kappas,
+        logits_fn,
+        params,
+        num_trajectories,
+        policy,
+    )
     vocab, frozen = problem.vocab_size, problem.frozen
 
     def step_terms(x, x_next, t, a_t, a_s):
@@ -229,15 +270,24 @@ def train(
     optimizer = optax.adam(1e-2) if optimizer is None else optimizer
     baseline = jnp.zeros((check_int(num_steps, "num_steps"),), jnp.float32)
     # the arguments are checked once, before the loop
-    jax.eval_shape(lambda: log_variance_loss(params, baseline, rng_key, problem, logits_fn,
-                                             num_steps=num_steps, **loss_options))
+    jax.eval_shape(
+        lambda: log_variance_loss(
+            params, baseline, rng_key, problem, logits_fn, num_steps=num_steps, **loss_options
+        )
+    )
     grad_fn = jax.value_and_grad(
-        lambda p, f, k: log_variance_loss(p, f, k, problem, logits_fn, num_steps=num_steps,
-                                          **loss_options), argnums=(0, 1), has_aux=True)
+        lambda p, f, k: log_variance_loss(
+            p, f, k, problem, logits_fn, num_steps=num_steps, **loss_options
+        ),
+        argnums=(0, 1),
+        has_aux=True,
+    )
 
     def body(state, key):
         (loss, var), grads = grad_fn(state.params, state.baseline, key)
-        updates, opt_state = optimizer.update(grads, state.opt_state, (state.params, state.baseline))
+        updates, opt_state = optimizer.update(
+            grads, state.opt_state, (state.params, state.baseline)
+        )
         params, baseline = optax.apply_updates((state.params, state.baseline), updates)
         return TrainState(params, baseline, opt_state), TrainInfo(loss, var)
 

@@ -122,8 +122,10 @@ class DiscreteProblem:
 def check_discrete_problem(problem) -> DiscreteProblem:
     """``problem`` when it is a :class:`DiscreteProblem`; ``TypeError`` otherwise."""
     if not isinstance(problem, DiscreteProblem):
-        raise TypeError(f"`problem` must be a psijax.align.discrete.DiscreteProblem, got "
-                        f"{type(problem).__name__}.")
+        raise TypeError(
+            f"`problem` must be a psijax.align.discrete.DiscreteProblem, got "
+            f"{type(problem).__name__}."
+        )
     return problem
 
 

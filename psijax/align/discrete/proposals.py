@@ -129,8 +129,9 @@ class FirstOrder(Proposal):
         vocab_size = move.log_mu.shape[-1] - 1
         tilted = jax.nn.log_softmax(move.log_mu + delta.at[:, -1].set(0.0), axis=-1)
         log_mu = jnp.where(is_masked(move.x, vocab_size)[:, None], tilted, move.log_mu)
-        return kernel.freeze(kernel.table(move.x, log_mu, move.alpha_t, move.alpha_s), move.x,
-                             frozen)
+        return kernel.freeze(
+            kernel.table(move.x, log_mu, move.alpha_t, move.alpha_s), move.x, frozen
+        )
 
     def __call__(self, rng_key, move, kernel, frozen, aux=None, log_kernel=None):
         """Draw from the tilted table."""
@@ -156,8 +157,9 @@ class Amortised(Proposal):
         logits = self.logits_fn(one_hot(move.x, vocab_size), move.t)
         log_mu = denoiser_log_probs(logits, move.x, vocab_size)
         log_mu = jnp.where(jnp.isnan(log_mu), move.log_mu, log_mu)  # a NaN row: the base model's
-        return kernel.freeze(kernel.table(move.x, log_mu, move.alpha_t, move.alpha_s), move.x,
-                             frozen)
+        return kernel.freeze(
+            kernel.table(move.x, log_mu, move.alpha_t, move.alpha_s), move.x, frozen
+        )
 
     def __call__(self, rng_key, move, kernel, frozen, aux=None, log_kernel=None):
         """Draw from the second denoiser's kernel."""

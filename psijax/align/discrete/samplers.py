@@ -1,4 +1,5 @@
-r"""The named discrete samplers: configurations of :func:`~psijax.align.discrete.smc.run_discrete_smc`.
+r"""The named discrete samplers: configurations of
+:func:`~psijax.align.discrete.smc.run_discrete_smc`.
 
 Every sampler is ``fn(rng_key, problem, *, num_particles | nfe_budget, num_steps, ...) ->
 AlignmentResult`` (the result type of the continuous samplers), an entry of
@@ -18,7 +19,8 @@ sampler                twist            proposal            potential    ``κ``
 (``κ``: resample when ``ESS ≤ κN``; ``best_of_n`` never resamples, so its weights are the
 importance weights ``e^{r/β}`` of ``N`` unguided samples and ``log Ẑ = log mean e^{r/β}``.)
 ``smc_amortised`` needs ``proposal_logits_fn=`` (the trained proposal's denoiser) and
-``smc_product`` needs ``logits_fn_b=`` and ``gamma=`` (:class:`~psijax.align.discrete.targets.Product`).
+``smc_product`` needs ``logits_fn_b=`` and ``gamma=``
+(:class:`~psijax.align.discrete.targets.Product`).
 Any keyword of ``run_discrete_smc`` overrides the configuration. The final choice among the
 weighted particles (weighted, a multinomial draw, the best weight, the best reward) is the
 caller's: :func:`psijax.align.best_sample`.
@@ -132,7 +134,9 @@ class DiscreteSampler:
             num_particles = self.num_particles_for(nfe_budget, problem, reward_cost, **config)
         return run_discrete_smc(rng_key, problem, num_particles=num_particles, **config)
 
-    def num_particles_for(self, nfe_budget: int, problem, reward_cost: float = 1.0, **config) -> int:
+    def num_particles_for(
+        self, nfe_budget: int, problem, reward_cost: float = 1.0, **config
+    ) -> int:
         """``N = ⌊B / cost_per_particle⌋`` for this configuration, with ``config`` (keywords of
         ``run_discrete_smc``, ``num_steps`` among them) over the sampler's own (module
         docstring)."""

@@ -184,8 +184,9 @@ def run_discrete_smc(
     times, alpha = sampler_grid(num_steps, schedule, grid)
     num_steps = times.shape[0] - 1
     check_one_token_steps(kernel, num_steps, problem.num_free)
-    twist = check_twist((Soft() if problem.reward_fn is not None else NoTwist()) if twist is None
-                        else twist)
+    twist = check_twist(
+        (Soft() if problem.reward_fn is not None else NoTwist()) if twist is None else twist
+    )
     proposal = check_proposal(Reverse() if proposal is None else proposal)
     target = check_target(RewardTilt() if target is None else target)
     potential = _part(potential, POTENTIALS, Difference, "potential")
@@ -193,7 +194,9 @@ def run_discrete_smc(
     lambdas = _checked_schedule(annealing, num_steps)
     check_divisible(check_mesh(mesh), n, "num_particles")
     if resampler.num_resampled is not None and resampler.num_resampled > n:
-        raise ValueError(f"`num_resampled` must be an int in [2, {n}], got {resampler.num_resampled}.")
+        raise ValueError(
+            f"`num_resampled` must be an int in [2, {n}], got {resampler.num_resampled}."
+        )
     enumerates = getattr(proposal, "enumerates", False)
     if enumerates and not twist.deterministic:
         raise ValueError(
@@ -276,8 +279,15 @@ def run_discrete_smc(
                     rewards += states.shape[0] * twist.num_samples
                 aux = (states, proposal.prepare(twist_at, states))
             x_next, log_p_minus_q = move_all(
-                jax.random.split(key_move, n), x, cache.log_mu, cache.extra, cache.grad, aux,
-                t, a_t, a_s,
+                jax.random.split(key_move, n),
+                x,
+                cache.log_mu,
+                cache.extra,
+                cache.grad,
+                aux,
+                t,
+                a_t,
+                a_s,
             )
             if final:
                 rho, bad = final_all(x_next)
@@ -356,4 +366,3 @@ def _move_info(nfe, rewards, cache: Cache, new: Cache, x_next, vocab_size) -> Mo
         jnp.sum(new.bad).astype(jnp.int32),
         jnp.sum(x_next == vocab_size).astype(jnp.int32),
     )
-

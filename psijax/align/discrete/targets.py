@@ -1,4 +1,4 @@
-r"""Targets of the discrete SMC: what the path measure ``p̃`` of the weights is (docs/algorithms.md §10.4).
+r"""Targets of the discrete SMC: the path measure ``p̃`` of the weights (docs/algorithms.md §10.4).
 
 The incremental log-weight of a move ``x → x'`` drawn from a proposal ``q`` is
 

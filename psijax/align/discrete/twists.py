@@ -1,4 +1,4 @@
-r"""Twists of the discrete SMC: reward estimates at partially masked states (docs/algorithms.md §10.3).
+r"""Twists of the discrete SMC: reward estimates at partial states (docs/algorithms.md §10.3).
 
 A twist gives every particle a log-value ``ρ_i(x)`` at level ``i``, computed **once** when the
 particle is created, stored with it and resampled with it: it is the numerator of one step's

@@ -34,9 +34,19 @@ def trained():
     twist = d.Exact(t.log_values, V)
     out = {}
     for policy in ("on", "off", "mixed"):
-        out[policy] = jax.jit(lambda k, p=policy: amortised.train(
-            k, t.problem, logits_q, jnp.zeros((K, L, V + 1)), num_steps=4, num_iterations=300,
-            twist=twist, policy=p, optimizer=optax.adam(0.05)))(jax.random.key(0))
+        out[policy] = jax.jit(
+            lambda k, p=policy: amortised.train(
+                k,
+                t.problem,
+                logits_q,
+                jnp.zeros((K, L, V + 1)),
+                num_steps=4,
+                num_iterations=300,
+                twist=twist,
+                policy=p,
+                optimizer=optax.adam(0.05),
+            )
+        )(jax.random.key(0))
     return t, logits_q, out
 
 
@@ -64,12 +74,20 @@ def test_trained_proposal_approaches_the_locally_optimal_one(trained):
     log_level = start
     kls = {"base": 0.0, "trained": 0.0}
     for i in range(2):
-        log_p = exact.kernel_log_matrix(t.problem.logits_fn, kernel, states, times[i], alpha[i],
-                                        alpha[i + 1], V)
+        log_p = exact.kernel_log_matrix(
+            t.problem.logits_fn, kernel, states, times[i], alpha[i], alpha[i + 1], V
+        )
         log_star = log_p + t.log_values[i + 1][None, :]
         log_star = log_star - jax.nn.logsumexp(log_star, axis=1, keepdims=True)
-        log_q = exact.kernel_log_matrix(lambda e, s: logits_q(state.params, e, s), kernel,
-                                        states, times[i], alpha[i], alpha[i + 1], V)
+        log_q = exact.kernel_log_matrix(
+            lambda e, s: logits_q(state.params, e, s),
+            kernel,
+            states,
+            times[i],
+            alpha[i],
+            alpha[i + 1],
+            V,
+        )
         weight = np.exp(np.asarray(log_level))
         for name, q in (("base", log_p), ("trained", log_q)):
             p_star = np.exp(np.asarray(log_star))
@@ -86,9 +104,17 @@ def test_smc_with_the_trained_proposal_is_unbiased_and_efficient(trained):
     t, logits_q, out = trained
     state, _ = out["mixed"]
     proposal = d.Amortised(lambda e, s: logits_q(state.params, e, s))
-    run = jax.jit(jax.vmap(lambda k, pr: d.run_discrete_smc(
-        k, t.problem, num_particles=32, num_steps=4, twist=d.Soft(), proposal=pr
-    ).log_normalizer, in_axes=(0, None)), static_argnums=1)
+    run = jax.jit(
+        jax.vmap(
+            lambda k, pr: (
+                d.run_discrete_smc(
+                    k, t.problem, num_particles=32, num_steps=4, twist=d.Soft(), proposal=pr
+                ).log_normalizer
+            ),
+            in_axes=(0, None),
+        ),
+        static_argnums=1,
+    )
     keys = jax.random.split(jax.random.key(1), 200)
     trained_z = np.asarray(run(keys, proposal), np.float64)
     reverse_z = np.asarray(run(keys, d.Reverse()), np.float64)
@@ -104,17 +130,34 @@ def test_kl_and_entropy_terms_and_bad_options():
     params = jnp.zeros((K, L, V + 1))
 
     def loss(p, **options):
-        return jax.jit(lambda q: amortised.log_variance_loss(
-            q, jnp.zeros(4), jax.random.key(0), t.problem, logits_q, num_steps=4, policy="off",
-            **options)[0])(p)
+        return jax.jit(
+            lambda q: amortised.log_variance_loss(
+                q,
+                jnp.zeros(4),
+                jax.random.key(0),
+                t.problem,
+                logits_q,
+                num_steps=4,
+                policy="off",
+                **options,
+            )[0]
+        )(p)
 
     moved = params + 0.5 * jax.random.normal(jax.random.key(1), params.shape)
     assert loss(moved, kl_weight=1.0) > loss(moved)  # KL(μ_φ ‖ μ_θ) > 0 once φ moved
     np.testing.assert_allclose(loss(params, kl_weight=1.0), loss(params), rtol=1e-6)  # φ = θ
     assert loss(params, entropy_weight=1.0) < loss(params)  # the entropy bonus lowers it
     with pytest.raises(ValueError, match="`policy`"):
-        amortised.log_variance_loss(params, jnp.zeros(4), jax.random.key(0), t.problem,
-                                    logits_q, num_steps=4, policy="both")
+        amortised.log_variance_loss(
+            params, jnp.zeros(4), jax.random.key(0), t.problem, logits_q, num_steps=4, policy="both"
+        )
     with pytest.raises(ValueError, match="`kl_weight`"):
-        amortised.log_variance_loss(params, jnp.zeros(4), jax.random.key(0), t.problem,
-                                    logits_q, num_steps=4, kl_weight=-1.0)
+        amortised.log_variance_loss(
+            params,
+            jnp.zeros(4),
+            jax.random.key(0),
+            t.problem,
+            logits_q,
+            num_steps=4,
+            kl_weight=-1.0,
+        )

@@ -73,8 +73,11 @@ def test_infinite_logits_of_excluded_tokens_are_allowed():
         (lambda: _problem(prompt=jnp.array([0, 5, V, V])), ValueError, "token ids must lie in"),
         (lambda: _problem(prompt=jnp.array([0, 1])), ValueError, "shape \\(4,\\)"),
         (lambda: _problem(prompt=jnp.array([0, 1, 2, 0])), ValueError, "nothing to sample"),
-        (lambda: _problem(logits_fn=lambda e, t: e[:, :V]), ValueError,
-         "must return floating logits of shape \\(4, 4\\)"),
+        (
+            lambda: _problem(logits_fn=lambda e, t: e[:, :V]),
+            ValueError,
+            "must return floating logits of shape \\(4, 4\\)",
+        ),
         (lambda: _problem(logits_fn=lambda e: e), ValueError, "`logits_fn` failed"),
         (lambda: _problem(reward_fn=lambda e: e.sum(0)), ValueError, "floating scalar"),
         (lambda: d.DiscreteProblem(lambda e, t: e, "r", L, V), TypeError, "reward_fn"),
@@ -134,7 +137,8 @@ def test_named_sampler_keywords_are_checked():
 def test_jit_and_vmap_agree_with_eager():
     problem = toy(coupling=0.5).problem
     run = lambda k: d.run_discrete_smc(  # noqa: E731
-        k, problem, num_particles=8, num_steps=4, proposal=d.FirstOrder())
+        k, problem, num_particles=8, num_steps=4, proposal=d.FirstOrder()
+    )
     keys = jax.random.split(jax.random.key(2), 3)
     batched = jax.jit(jax.vmap(run))(keys)
     eager = run(keys[1])

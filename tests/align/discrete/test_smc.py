@@ -19,9 +19,15 @@ RUNS = 200
 
 
 def _log_z_hats(t, runs=RUNS, num_particles=32, **options):
-    run = jax.jit(jax.vmap(lambda k: d.run_discrete_smc(
-        k, t.problem, num_particles=num_particles, num_steps=t.num_steps, **options
-    ).log_normalizer))
+    run = jax.jit(
+        jax.vmap(
+            lambda k: (
+                d.run_discrete_smc(
+                    k, t.problem, num_particles=num_particles, num_steps=t.num_steps, **options
+                ).log_normalizer
+            )
+        )
+    )
     return np.asarray(run(jax.random.split(jax.random.key(11), runs)), np.float64)
 
 
@@ -32,9 +38,16 @@ def test_exact_twist_and_locally_optimal_proposal_have_zero_variance():
     t = toy(coupling=0.5)
     assert abs(t.log_z) > 0.5
     twist = d.Exact(t.log_values, V)
-    result = jax.jit(lambda k: d.run_discrete_smc(
-        k, t.problem, num_particles=16, num_steps=t.num_steps, twist=twist,
-        proposal=d.LocallyOptimal()))(jax.random.key(0))
+    result = jax.jit(
+        lambda k: d.run_discrete_smc(
+            k,
+            t.problem,
+            num_particles=16,
+            num_steps=t.num_steps,
+            twist=twist,
+            proposal=d.LocallyOptimal(),
+        )
+    )(jax.random.key(0))
     np.testing.assert_allclose(result.info.log_normalizer_increments, 0.0, atol=2e-6)
     np.testing.assert_allclose(result.info.ess, 16.0, rtol=1e-6)
     np.testing.assert_allclose(result.log_normalizer, t.log_z, atol=1e-5)
@@ -54,12 +67,14 @@ CONFIGS = {
     "point twist": dict(twist=d.Point()),
     "random logit shifts": dict(twist=d.Soft(), proposal="shifted"),
     "first-order (kernel)": dict(twist=d.Soft(), proposal=d.FirstOrder()),
-    "first-order (denoiser, clipped)": dict(twist=d.Soft(),
-                                            proposal=d.FirstOrder("denoiser", clip=2.0)),
+    "first-order (denoiser, clipped)": dict(
+        twist=d.Soft(), proposal=d.FirstOrder("denoiser", clip=2.0)
+    ),
     "first-order, mean twist": dict(twist=d.Mean(2), proposal=d.FirstOrder()),
     "first-order, log-mean-exp": dict(twist=d.LogMeanExp(2), proposal=d.FirstOrder()),
-    "annealed, one-token": dict(twist=d.Soft(), proposal=d.FirstOrder(), kernel="one_token",
-                                annealing=d.annealing(4, 0.5)),
+    "annealed, one-token": dict(
+        twist=d.Soft(), proposal=d.FirstOrder(), kernel="one_token", annealing=d.annealing(4, 0.5)
+    ),
     "remasking": dict(twist=d.Soft(), proposal=d.FirstOrder(), kernel="remdm_half"),
 }
 
@@ -76,8 +91,9 @@ def test_normalizing_constant_is_unbiased(name):
         t_kernel = ReMDM(0.5)
         # the exact Z of the remasking sampler (its own P^T)
         with jax.enable_x64(True):
-            log_p, _ = exact.sampler_marginal(t.problem.logits_fn, L, V, num_steps=6,
-                                              kernel=t_kernel)
+            log_p, _ = exact.sampler_marginal(
+                t.problem.logits_fn, L, V, num_steps=6, kernel=t_kernel
+            )
             states = exact.enumerate_states(L, V)
             term = exact.terminal_log_values(t.problem.reward_fn, states, V, 1.0)
             _, log_z = exact.tilted_target(log_p, term)
@@ -102,8 +118,9 @@ def test_efficiency_ordering_of_proposals():
     reverse = _log_z_hats(t, twist=d.Soft()).std()
     first = _log_z_hats(t, twist=d.Soft(), proposal=d.FirstOrder()).std()
     first_mu = _log_z_hats(t, twist=d.Soft(), proposal=d.FirstOrder("denoiser")).std()
-    best = _log_z_hats(t, runs=20, twist=d.Exact(t.log_values, V),
-                       proposal=d.LocallyOptimal()).std()
+    best = _log_z_hats(
+        t, runs=20, twist=d.Exact(t.log_values, V), proposal=d.LocallyOptimal()
+    ).std()
     assert reverse > 2.0 * first and reverse > 2.0 * first_mu, (reverse, first, first_mu)
     assert first > 10 * best and first_mu > best and best < 1e-5, (first, first_mu, best)
 
@@ -114,8 +131,13 @@ def test_weighted_histogram_matches_the_target_like_iid_draws_with_the_same_ess(
     the 99.9 % quantile of the i.i.d. distances (simulated with a fixed seed) times 1.5 (the
     self-normalisation bias of ``N = 64``)."""
     t = toy(coupling=0.5)
-    run = jax.jit(jax.vmap(lambda k: d.run_discrete_smc(
-        k, t.problem, num_particles=64, num_steps=t.num_steps, proposal=d.FirstOrder())))
+    run = jax.jit(
+        jax.vmap(
+            lambda k: d.run_discrete_smc(
+                k, t.problem, num_particles=64, num_steps=t.num_steps, proposal=d.FirstOrder()
+            )
+        )
+    )
     result = run(jax.random.split(jax.random.key(5), RUNS))
     index = np.asarray(exact.state_index(result.samples, V)).reshape(-1)
     w = np.exp(np.asarray(result.log_weights, np.float64))
@@ -139,14 +161,16 @@ def test_named_samplers_return_alignment_results_and_count_their_evaluations():
             extra = dict(proposal_logits_fn=_shifted(t.problem))
         if name == "smc_product":
             extra = dict(logits_fn_b=_shifted(t.problem), gamma=0.5)
-        result = jax.jit(lambda k, s=sampler, e=extra: s(
-            k, t.problem, num_particles=n, num_steps=4, **e))(jax.random.key(0))
+        result = jax.jit(
+            lambda k, s=sampler, e=extra: s(k, t.problem, num_particles=n, num_steps=4, **e)
+        )(jax.random.key(0))
         assert result.samples.shape == (n, L) and result.samples.dtype == jnp.int32
         assert np.all(np.asarray(result.samples) < V)
         assert np.isfinite(result.log_normalizer)
         np.testing.assert_allclose(jax.nn.logsumexp(result.log_weights), 0.0, atol=1e-5)
         proposal = sampler.config.get("proposal") or (
-            d.Amortised(extra["proposal_logits_fn"]) if name == "smc_amortised" else None)
+            d.Amortised(extra["proposal_logits_fn"]) if name == "smc_amortised" else None
+        )
         twist = sampler.config["twist"]
         target = d.Product(extra["logits_fn_b"], 0.5) if name == "smc_product" else None
         cost = d.cost_per_particle(4, twist, proposal, target, reward_cost=0.0)
@@ -156,5 +180,6 @@ def test_named_samplers_return_alignment_results_and_count_their_evaluations():
     # first-order: per level forward + backward and 2 reward passes (soft twist), then 1
     assert d.smc_first_order.num_particles_for(100, t.problem, num_steps=4) == 100 // 17
     result = jax.jit(lambda k: d.smc_first_order(k, t.problem, nfe_budget=100, num_steps=4))(
-        jax.random.key(1))
+        jax.random.key(1)
+    )
     assert result.samples.shape[0] == 100 // 17

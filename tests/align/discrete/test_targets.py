@@ -45,8 +45,7 @@ def test_product_path_marginal_is_the_geometric_mixture(gamma):
         a, b = _models()
         kernel = kernels.OneToken()
         states = exact.enumerate_states(L, V)
-        mats = [exact.kernel_log_matrix(m.logits, kernel, states, 1.0, 0.0, 1.0, V)
-                for m in (a, b)]
+        mats = [exact.kernel_log_matrix(m.logits, kernel, states, 1.0, 0.0, 1.0, V) for m in (a, b)]
         start = jnp.where(jnp.arange(states.shape[0]) == states.shape[0] - 1, 0.0, -jnp.inf)
         log_path = exact.forward(lambda i: gamma * mats[0] + (1 - gamma) * mats[1], L, start)
         expected = gamma * _data_log_probs(a) + (1 - gamma) * _data_log_probs(b)
@@ -88,11 +87,23 @@ def test_product_smc_is_unbiased_and_its_proposal_is_locally_optimal(gamma):
     a, b = _models()
     problem = d.DiscreteProblem(a.logits, None, L, V)
     with jax.enable_x64(True):
-        log_z = float(jax.nn.logsumexp(gamma * _data_log_probs(a)
-                                       + (1 - gamma) * _data_log_probs(b)))
-    run = jax.jit(jax.vmap(lambda k: d.smc_product(
-        k, problem, num_particles=32, num_steps=L, kernel="one_token", logits_fn_b=b.logits,
-        gamma=gamma, ess_threshold=0.0)))
+        log_z = float(
+            jax.nn.logsumexp(gamma * _data_log_probs(a) + (1 - gamma) * _data_log_probs(b))
+        )
+    run = jax.jit(
+        jax.vmap(
+            lambda k: d.smc_product(
+                k,
+                problem,
+                num_particles=32,
+                num_steps=L,
+                kernel="one_token",
+                logits_fn_b=b.logits,
+                gamma=gamma,
+                ess_threshold=0.0,
+            )
+        )
+    )
     results = run(jax.random.split(jax.random.key(3), 200))
     ratio = np.exp(np.asarray(results.log_normalizer, np.float64) - log_z)
     z = (ratio.mean() - 1.0) / (ratio.std(ddof=1) / np.sqrt(ratio.size))
@@ -114,9 +125,20 @@ def test_temperature_smc_is_unbiased():
     gamma = 2.0
     with jax.enable_x64(True):
         log_z = float(jax.nn.logsumexp(gamma * _data_log_probs(a)))
-    run = jax.jit(jax.vmap(lambda k: d.run_discrete_smc(
-        k, problem, num_particles=32, num_steps=L, kernel="one_token",
-        target=d.Temperature(gamma)).log_normalizer))
+    run = jax.jit(
+        jax.vmap(
+            lambda k: (
+                d.run_discrete_smc(
+                    k,
+                    problem,
+                    num_particles=32,
+                    num_steps=L,
+                    kernel="one_token",
+                    target=d.Temperature(gamma),
+                ).log_normalizer
+            )
+        )
+    )
     ratio = np.exp(np.asarray(run(jax.random.split(jax.random.key(4), 200)), np.float64) - log_z)
     z = (ratio.mean() - 1.0) / (ratio.std(ddof=1) / np.sqrt(ratio.size))
     assert abs(z) < 4.0 and ratio.std() > 1e-3, (ratio.mean(), z)

@@ -42,8 +42,13 @@ def quadratic_reward(coupling: float = 0.5, seed: int = 5):
 
 
 @functools.cache
-def toy(model: str = "hmm", coupling: float = 0.0, beta: float = 1.0, num_steps: int = 4,
-        kernel: str = "mdlm") -> Toy:
+def toy(
+    model: str = "hmm",
+    coupling: float = 0.0,
+    beta: float = 1.0,
+    num_steps: int = 4,
+    kernel: str = "mdlm",
+) -> Toy:
     if model == "hmm":
         m = HMM.random(jax.random.key(1), 2, L, V)
     else:
@@ -51,11 +56,18 @@ def toy(model: str = "hmm", coupling: float = 0.0, beta: float = 1.0, num_steps:
     reward = quadratic_reward(coupling)
     problem = DiscreteProblem(m.logits, reward, L, V, beta=beta)
     with jax.enable_x64(True):
-        log_p, log_matrix = exact.sampler_marginal(m.logits, L, V, num_steps=num_steps,
-                                                   kernel=kernel)
+        log_p, log_matrix = exact.sampler_marginal(
+            m.logits, L, V, num_steps=num_steps, kernel=kernel
+        )
         states = exact.enumerate_states(L, V)
         terminal = exact.terminal_log_values(reward, states, V, beta)
         log_pi, log_z = exact.tilted_target(log_p, terminal)
         log_values = exact.backward(log_matrix, num_steps, terminal)
-    return Toy(problem, num_steps, np.asarray(log_pi), float(log_z), np.asarray(log_values),
-               np.asarray(log_p))
+    return Toy(
+        problem,
+        num_steps,
+        np.asarray(log_pi),
+        float(log_z),
+        np.asarray(log_values),
+        np.asarray(log_p),
+    )
