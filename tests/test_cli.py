@@ -129,7 +129,9 @@ def test_study_rejects_unknown_sampler():
         acceptance.acceptance_vs_dimension(dims=(2,), samplers=("hmc",))
 
 
-@pytest.mark.parametrize("command", ["demo", "toy", "acceptance", "digits", "bench"])
+@pytest.mark.parametrize(
+    "command", ["demo", "toy", "acceptance", "digits", "bench", "discrete-toy"]
+)
 def test_every_command_has_help_with_the_common_options(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -181,3 +183,33 @@ def test_toy_runs_several_presets_and_writes_csv(tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == len(record["rows"])
     assert {r["preset"] for r in rows} == set(presets.split(","))
+
+
+def test_discrete_toy_writes_figure_table_json_and_csv(tmp_path, capsys):
+    """A tiny discrete study (ring8, 3 steps, 2 seeds, 2 methods): the files exist, the exact
+    row has E[Ẑ]/Z = 1, and bad names are refused in one line."""
+    argv = [
+        "discrete-toy",
+        "--toys",
+        "ring8",
+        "--steps",
+        "3",
+        "--seeds",
+        "2",
+        "--particles",
+        "4",
+        "--methods",
+        "best_of_n,exact",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    for ext in ("png", "md", "json", "csv"):
+        assert (tmp_path / f"discrete_toy.{ext}").stat().st_size > 100
+    record = json.loads((tmp_path / "discrete_toy.json").read_text())
+    exact = [e for e in record["summary"] if e["method"] == "exact"]
+    assert exact and abs(exact[0]["z_ratio"] - 1.0) < 1e-3
+    assert "| best_of_n |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--methods smc_magic: choose from"):
+        main(argv[:-5] + ["--methods", "smc_magic", "--out", str(tmp_path)])
