@@ -71,8 +71,9 @@ class Move(NamedTuple):
 
 class Proposal:
     """Base of the proposals: ``__call__(rng_key, move, kernel, frozen, aux, log_kernel) ->
-    (x', log q)``; ``log_kernel(x')`` is the target's ``log p̃(x' | x)`` (for proposals that
-    need it: :class:`LocallyOptimal`)."""
+    (x', log q)``, by default a draw from :meth:`table` (a subclass of a kernel-table proposal
+    defines only that); ``log_kernel(x')`` is the target's ``log p̃(x' | x)`` (for proposals
+    that need it: :class:`LocallyOptimal`, which overrides ``__call__``)."""
 
     needs_grad: bool = False
     extra_nfe: int = 0
@@ -81,15 +82,21 @@ class Proposal:
         """Per-step work shared by the particles (``None`` unless overridden)."""
         return None
 
+    def table(self, move: Move, kernel, frozen) -> Array:
+        """The proposal's log-table at the particle (the target's reverse table unless
+        overridden)."""
+        return move.table
+
+    def __call__(self, rng_key, move, kernel, frozen, aux=None, log_kernel=None):
+        """Draw ``x'`` from :meth:`table` and return it with ``log q(x' | x)``."""
+        table = self.table(move, kernel, frozen)
+        x_next = kernel.sample(rng_key, table, move.x)
+        return x_next, kernel.log_prob(table, move.x, x_next)
+
 
 @dataclasses.dataclass(frozen=True)
 class Reverse(Proposal):
     """``q`` = the target's reverse kernel (module docstring)."""
-
-    def __call__(self, rng_key, move, kernel, frozen, aux=None, log_kernel=None):
-        """Draw from the target's table."""
-        x_next = kernel.sample(rng_key, move.table, move.x)
-        return x_next, kernel.log_prob(move.table, move.x, x_next)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,12 +140,6 @@ class FirstOrder(Proposal):
             kernel.table(move.x, log_mu, move.alpha_t, move.alpha_s), move.x, frozen
         )
 
-    def __call__(self, rng_key, move, kernel, frozen, aux=None, log_kernel=None):
-        """Draw from the tilted table."""
-        table = self.table(move, kernel, frozen)
-        x_next = kernel.sample(rng_key, table, move.x)
-        return x_next, kernel.log_prob(table, move.x, x_next)
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Amortised(Proposal):
@@ -160,12 +161,6 @@ class Amortised(Proposal):
         return kernel.freeze(
             kernel.table(move.x, log_mu, move.alpha_t, move.alpha_s), move.x, frozen
         )
-
-    def __call__(self, rng_key, move, kernel, frozen, aux=None, log_kernel=None):
-        """Draw from the second denoiser's kernel."""
-        table = self.table(move, kernel, frozen)
-        x_next = kernel.sample(rng_key, table, move.x)
-        return x_next, kernel.log_prob(table, move.x, x_next)
 
 
 @dataclasses.dataclass(frozen=True)
