@@ -2,8 +2,10 @@
 on the 64 × 64 grid mixtures, against the exact target of the T-step sampler.
 
     python benchmarks/discrete_toy.py [--steps 100] [--seeds 10] [--particles 4 16 64 256]
+    python benchmarks/discrete_toy.py --toys gmm1 --particles 2000 --name discrete_toy_n2000
 
-Writes benchmarks/results/discrete_toy.{csv,md,json,png} with the machine and versions.
+Writes benchmarks/results/<name>.{csv,md,json,png} (default name discrete_toy) with the
+machine and versions.
 """
 
 import argparse
@@ -28,6 +30,7 @@ def main() -> None:
     parser.add_argument("--rewards", nargs="+", default=list(dt.REWARDS))
     parser.add_argument("--methods", nargs="+", default=list(dt.METHODS))
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--name", default="discrete_toy", help="base name of the output files")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
@@ -40,7 +43,7 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{jax.default_backend()}, jax {jax.__version__}, Python {platform.python_version()}"
     )
-    base = os.path.join(args.out, "discrete_toy")
+    base = os.path.join(args.out, args.name)
     records.write_csv(summary, base + ".csv")
     records.write_json(
         {

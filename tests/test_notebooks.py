@@ -22,6 +22,7 @@ NOTEBOOKS = (
     "02_pcnl_vs_mala.ipynb",
     "03_flux_port.ipynb",
     "04_digits_alignment.ipynb",
+    "05_discrete_smc.ipynb",
 )
 
 
@@ -107,3 +108,16 @@ def test_digits_notebook_reports_seen_and_heldout(executed):
     text = _text(executed["04_digits_alignment.ipynb"][0])
     assert text.count("weighted: reward") == 3 and text.count("best:     reward") == 3
     assert "| L∞ radius | seen r | held-out |" in text
+
+
+def test_discrete_notebook_exact_weights_unbiased_z_and_prompt(executed):
+    text = _text(executed["05_discrete_smc.ipynb"][0])
+    spread = float(re.search(r"max \|log Ẑ − log Z\| over 20 runs = ([\d.e+-]+)", text)[1])
+    assert spread < 1e-4
+    table = text[text.index("| proposal | E[Ẑ]/Z |") : text.index("exact answers in")]
+    rows = re.findall(r"\| ([^|]+) \| ([\d.]+) \| ([-+\d.]+) \| ([\d.]+) \|", table)
+    assert len(rows) == 5
+    for name, _, z, sd in rows:
+        assert abs(float(z)) < 4.0 and float(sd) > 1e-3, name
+    assert "| gmm1 | diagonal |" in text and "| exact |" in text
+    assert "prompt kept in every particle: True" in text and "no mask left: True" in text

@@ -77,6 +77,18 @@ class Kernel:
         keep = -jnp.inf if self.joint else jnp.log(one_hot(x, table.shape[-1] - 1))
         return jnp.where(jnp.asarray(frozen)[:, None], keep, table)
 
+    def frozen_table(
+        self,
+        x: ArrayLike,
+        log_mu: ArrayLike,
+        alpha_t: ArrayLike,
+        alpha_s: ArrayLike,
+        frozen: ArrayLike,
+    ) -> Array:
+        """:meth:`table` with the positions ``frozen`` kept (:meth:`freeze`): the step's
+        log-table under a prompt."""
+        return self.freeze(self.table(x, log_mu, alpha_t, alpha_s), x, frozen)
+
     def tilt(self, table: ArrayLike, delta: ArrayLike) -> Array:
         r"""``log`` of ``exp(K + δ)`` renormalised (per row, or over all pairs when ``joint``):
         the kernel multiplied by ``exp δ`` on its own support."""

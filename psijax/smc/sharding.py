@@ -98,15 +98,18 @@ def constrain(tree: ArrayTree, mesh: Mesh | None) -> ArrayTree:
     return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), tree)
 
 
-def map_particles(fn: Callable, mesh: Mesh | None, in_axes=0) -> Callable:
+def map_particles(fn: Callable, mesh: Mesh | None, in_axes=0, chunk: int | None = None) -> Callable:
     """``jax.vmap(fn, in_axes)``, run block-wise on the mesh's devices when there is one.
 
     ``in_axes`` is ``0`` or a tuple of ``0`` / ``None`` per positional argument (``None``:
     the same value for every particle, replicated). Every output gets a leading particle axis
     and comes back sharded over the mesh. Each device applies the ``vmap`` to its own block
-    (:func:`jax.shard_map`), so a model evaluation never leaves its device.
+    (:func:`jax.shard_map`), so a model evaluation never leaves its device. ``chunk``: at most
+    that many particles at a time (per device), in a :func:`jax.lax.map` over chunks, so that
+    the transient memory of ``fn`` (activations, gradients) is bounded by the chunk, not by
+    ``N``; the results are the same as unchunked.
     """
-    mapped = jax.vmap(fn, in_axes=in_axes)
+    mapped = _chunked(fn, in_axes, chunk)
     if mesh is None:
         return mapped
     particles = spec(mesh)
@@ -119,3 +122,27 @@ def map_particles(fn: Callable, mesh: Mesh | None, in_axes=0) -> Callable:
         return jax.shard_map(mapped, mesh=mesh, in_specs=in_specs, out_specs=particles)(*args)
 
     return sharded
+
+
+def _chunked(fn: Callable, in_axes, chunk: int | None) -> Callable:
+    """``vmap(fn, in_axes)``, or a :func:`jax.lax.map` over chunks of ``chunk`` particles."""
+    mapped = jax.vmap(fn, in_axes=in_axes)
+    if chunk is None:
+        return mapped
+
+    def chunked(*args):
+        axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
+        batched = [a for a, axis in zip(args, axes, strict=True) if axis is not None]
+        size = jax.tree.leaves(batched)[0].shape[0]
+        if size <= chunk:
+            return mapped(*args)
+
+        def one(values):
+            it = iter(values)
+            return fn(
+                *(a if axis is None else next(it) for a, axis in zip(args, axes, strict=True))
+            )
+
+        return jax.lax.map(one, batched, batch_size=chunk)
+
+    return chunked

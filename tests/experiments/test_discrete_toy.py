@@ -8,8 +8,9 @@ from psijax.experiments import discrete_toy as dt
 
 def test_study_rows_and_report(tmp_path):
     toy = dt.make_toy("ring8", "diagonal", num_steps=3)
-    rows, first, timings = dt.run_study([toy], ("best_of_n", "smc_first_order", "exact"), (4,),
-                                        seeds=2)
+    rows, first, timings = dt.run_study(
+        [toy], ("best_of_n", "smc_first_order", "exact"), (4,), seeds=2
+    )
     assert len(rows) == 6 and len(timings) == 3
     exact = [r for r in rows if r["method"] == "exact"]
     np.testing.assert_allclose([r["log_z_hat"] for r in exact], toy.log_z, atol=1e-4)

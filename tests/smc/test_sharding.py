@@ -209,3 +209,20 @@ def test_map_particles_is_vmap_without_a_mesh_and_on_one_device():
             np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="`in_axes` has 1 entries for 2 arguments"):
         sharding.map_particles(fn, sharding.particle_mesh(), in_axes=(0,))(x, 2.0)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 20])
+def test_map_particles_in_chunks_equals_vmap(chunk):
+    """``chunk`` runs the particles a few at a time (a remainder too) with the same results;
+    arguments with axis ``None`` are shared."""
+    x = jnp.arange(7.0 * 3).reshape(7, 3)
+    w = jnp.array([1.0, -2.0, 0.5])
+    fn = lambda a, b, c: (jnp.tanh(a * b).sum(), a * c)  # noqa: E731
+    expected = jax.vmap(fn, in_axes=(0, None, 0))(x, w, x + 1)
+    out = jax.jit(sharding.map_particles(fn, None, (0, None, 0), chunk))(x, w, x + 1)
+    for got, want in zip(out, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert (
+        "while"
+        in jax.jit(sharding.map_particles(fn, None, (0, None, 0), 3)).lower(x, w, x + 1).as_text()
+    )

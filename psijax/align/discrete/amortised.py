@@ -113,11 +113,9 @@ def _trajectories(
             log_mus = (denoiser_log_probs(problem.logits_fn(e, t), x, vocab),) + tuple(
                 denoiser_log_probs(f(e, t), x, vocab) for f in target.extra_logits_fns
             )
-            tables = tuple(
-                kernel.freeze(kernel.table(x, lm, a_t, a_s), x, frozen) for lm in log_mus
-            )
+            tables = tuple(kernel.frozen_table(x, lm, a_t, a_s, frozen) for lm in log_mus)
             q_mu = denoiser_log_probs(logits_q(fixed, e, t), x, vocab)
-            q_table = kernel.freeze(kernel.table(x, q_mu, a_t, a_s), x, frozen)
+            q_table = kernel.frozen_table(x, q_mu, a_t, a_s, frozen)
             table = jnp.where(on_policy, q_table, target.proposal_table(kernel, tables))
             x_next = kernel.sample(k_move, table, x)
             log_p = target.log_kernel(kernel, tables, x, x_next, a_t, a_s, vocab, frozen)
@@ -225,7 +223,7 @@ def log_variance_loss(
     def step_terms(x, x_next, t, a_t, a_s):
         e = one_hot(x, vocab)
         log_mu_q = denoiser_log_probs(logits_fn(params, e, t), x, vocab)
-        table = kernel.freeze(kernel.table(x, log_mu_q, a_t, a_s), x, frozen)
+        table = kernel.frozen_table(x, log_mu_q, a_t, a_s, frozen)
         log_q = kernel.log_prob(table, x, x_next)
         extra = jnp.zeros((), jnp.float32)
         masked = is_masked(x, vocab)

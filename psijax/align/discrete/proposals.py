@@ -13,7 +13,11 @@ exact whatever the proposal, and a better proposal only lowers their variance.
   to ``[−c, c]``. ``injection="kernel"``: ``δ`` is added to the kernel's log-table over all
   ``S`` classes (it changes whether and what unmasks); ``"denoiser"``: to the denoiser's
   log-probabilities (``μ ← softmax(log μ + δ)`` at masked positions; the unmask rate stays).
-  Same support as ``p``.
+  Same support as ``p``. ``top_k=k`` keeps only the ``k`` largest ``δ_{l,v}`` over the real
+  tokens of each position (the rest 0: those tokens keep the model's probabilities); the SMC
+  then stores ``2·k`` numbers per position instead of ``S``, which bounds the memory of a
+  large vocabulary (docs/algorithms.md §10.8). It is another proposal, not an approximation
+  of the weights: they stay exact.
 * :class:`Amortised` ("SMC-amot"): the reverse kernel of a second denoiser ``logits_fn``
   (trained by :mod:`psijax.align.discrete.amortised`), one extra denoiser call per move; the
   weights stay the corrected ``p̃/q`` ones, so the target is ``P_θ e^{r/β}``, not the second
@@ -31,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from blackjax.types import Array
 
-from psijax._checks import check_choice, check_real
+from psijax._checks import check_choice, check_int, check_real
 from psijax.discrete.masking import denoiser_log_probs, is_masked, one_hot
 
 __all__ = [
@@ -55,7 +59,7 @@ class Move(NamedTuple):
     table
         The target's reverse log-table (what :class:`Reverse` draws from).
     grad
-        ``∇_E ρ_{i+1}`` at ``e(x)`` (``(L, S)``), or ``None``.
+        What :meth:`Proposal.compact` kept of ``∇_E ρ_{i+1}`` at ``e(x)``, or ``None``.
     t, alpha_t, alpha_s
         The step's time and schedule values.
     """
@@ -63,7 +67,7 @@ class Move(NamedTuple):
     x: Array
     log_mu: Array
     table: Array
-    grad: Array | None
+    grad: object
     t: Array
     alpha_t: Array
     alpha_s: Array
@@ -77,6 +81,11 @@ class Proposal:
 
     needs_grad: bool = False
     extra_nfe: int = 0
+
+    def compact(self, grad: Array, x: Array):
+        """What the SMC stores of the ``(L, S)`` twist gradient at ``x`` (for the proposals that
+        need it; the gradient itself unless overridden)."""
+        return grad
 
     def prepare(self, next_log_twist: Callable, states: Array | None):
         """Per-step work shared by the particles (``None`` unless overridden)."""
@@ -113,17 +122,34 @@ class FirstOrder(Proposal):
 
     injection: str = "kernel"
     clip: float | None = None
+    top_k: int | None = None
     needs_grad = True
 
     def __post_init__(self):
         check_choice(self.injection, "injection", ("kernel", "denoiser"))
         if self.clip is not None:
             check_real(self.clip, "clip", gt=0.0)
+        if self.top_k is not None:
+            check_int(self.top_k, "top_k")
+
+    def compact(self, grad, x):
+        """``δ = g − g_{x^l}`` (unclipped); with ``top_k``: ``(values, ids)`` of its ``k``
+        largest real-token entries per position and the mask column ``δ_{l,m}``."""
+        delta = grad - jnp.take_along_axis(grad, x[:, None], axis=-1)
+        if self.top_k is None:
+            return delta
+        k = min(self.top_k, delta.shape[-1] - 1)
+        values, ids = jax.lax.top_k(delta[:, :-1], k)
+        return values, ids.astype(jnp.int32), delta[:, -1]
 
     def tilt(self, move: Move) -> Array:
-        """``δ_{l,v} = g_{l,v} − g_{l,x^l}`` (clipped)."""
-        g = move.grad
-        delta = g - jnp.take_along_axis(g, move.x[:, None], axis=-1)
+        """``δ_{l,v}`` (clipped), dense ``(L, S)``."""
+        delta = move.grad
+        if self.top_k is not None:
+            values, ids, mask_column = delta
+            rows = jnp.arange(values.shape[0])[:, None]
+            delta = jnp.zeros_like(move.log_mu).at[rows, ids].set(values)
+            delta = delta.at[:, -1].set(mask_column)
         if self.clip is not None:
             delta = jnp.clip(delta, -self.clip, self.clip)
         return delta
@@ -136,9 +162,7 @@ class FirstOrder(Proposal):
         vocab_size = move.log_mu.shape[-1] - 1
         tilted = jax.nn.log_softmax(move.log_mu + delta.at[:, -1].set(0.0), axis=-1)
         log_mu = jnp.where(is_masked(move.x, vocab_size)[:, None], tilted, move.log_mu)
-        return kernel.freeze(
-            kernel.table(move.x, log_mu, move.alpha_t, move.alpha_s), move.x, frozen
-        )
+        return kernel.frozen_table(move.x, log_mu, move.alpha_t, move.alpha_s, frozen)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -158,9 +182,7 @@ class Amortised(Proposal):
         logits = self.logits_fn(one_hot(move.x, vocab_size), move.t)
         log_mu = denoiser_log_probs(logits, move.x, vocab_size)
         log_mu = jnp.where(jnp.isnan(log_mu), move.log_mu, log_mu)  # a NaN row: the base model's
-        return kernel.freeze(
-            kernel.table(move.x, log_mu, move.alpha_t, move.alpha_s), move.x, frozen
-        )
+        return kernel.frozen_table(move.x, log_mu, move.alpha_t, move.alpha_s, frozen)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,7 +72,8 @@ class Cache(NamedTuple):
     log_twist
         The stored ``ρ_i(x)``.
     grad
-        ``∇_E ρ_{i+1}`` at ``e(x)`` for the gradient proposals, else ``None``.
+        What the gradient proposals keep of ``∇_E ρ_{i+1}`` at ``e(x)``
+        (:meth:`~psijax.align.discrete.proposals.Proposal.compact`), else ``None``.
     bad
         The particle's logits, twist or gradient was not finite (weight zero).
     root
@@ -82,7 +83,7 @@ class Cache(NamedTuple):
     log_mu: Array
     extra: tuple
     log_twist: Array
-    grad: Array | None
+    grad: object
     bad: Array
     root: Array
 
@@ -128,6 +129,7 @@ def run_discrete_smc(
     resample_every: int = 1,
     num_resampled: int | None = None,
     mesh: Mesh | None = None,
+    particle_chunk: int | None = None,
 ) -> AlignmentResult:
     r"""Run one discrete SMC (module docstring).
 
@@ -163,6 +165,10 @@ def run_discrete_smc(
         The resampling part, as for :func:`psijax.align.run_smc`.
     mesh
         A :class:`jax.sharding.Mesh` to shard the particles over, or ``None``.
+    particle_chunk
+        ``None``, or ``c >= 1``: the denoiser, twist and proposal passes run ``c`` particles
+        at a time (per device; :func:`psijax.smc.sharding.map_particles`), which bounds their
+        transient memory by ``c`` instead of ``N`` (docs/algorithms.md §10.8); same results.
 
     Returns
     -------
@@ -193,6 +199,7 @@ def run_discrete_smc(
     resampler = _resampler(resampling, ess_threshold, resample_every, num_resampled)
     lambdas = _checked_schedule(annealing, num_steps)
     check_divisible(check_mesh(mesh), n, "num_particles")
+    chunk = None if particle_chunk is None else check_int(particle_chunk, "particle_chunk")
     if resampler.num_resampled is not None and resampler.num_resampled > n:
         raise ValueError(
             f"`num_resampled` must be an int in [2, {n}], got {resampler.num_resampled}."
@@ -226,25 +233,23 @@ def run_discrete_smc(
         grad = ev.grad
         if grad is not None:
             bad = bad | ~jnp.all(jnp.isfinite(grad))
-            grad = jnp.where(bad, 0.0, grad).astype(dtype)
+            grad = proposal.compact(jnp.where(bad, 0.0, grad).astype(dtype), x)
         safe = denoiser_log_probs(jnp.zeros_like(ev.logits, dtype), x, vocab_size)
         log_mu = jnp.where(bad, safe, log_mu)
         extra = tuple(jnp.where(bad, safe, e) for e in extra)
         rho = jnp.where(bad, 0.0, ev.log_twist).astype(dtype)
         return log_mu, extra, rho, grad, bad
 
-    eval_all = map_particles(eval_one, mesh, in_axes=(0, 0, None, None, None, None))
+    eval_all = map_particles(eval_one, mesh, (0, 0, None, None, None, None), chunk)
 
     def final_one(x):
         r = jnp.asarray(problem.reward(one_hot(x, vocab_size)), dtype) / beta
         return jnp.where(jnp.isfinite(r), r, 0.0), ~jnp.isfinite(r)
 
-    final_all = map_particles(final_one, mesh)
+    final_all = map_particles(final_one, mesh, chunk=chunk)
 
     def move_one(key, x, log_mu, extra, grad, aux, t, a_t, a_s):
-        tables = tuple(
-            kernel.freeze(kernel.table(x, lm, a_t, a_s), x, frozen) for lm in (log_mu, *extra)
-        )
+        tables = tuple(kernel.frozen_table(x, lm, a_t, a_s, frozen) for lm in (log_mu, *extra))
         step = Move(x, log_mu, target.proposal_table(kernel, tables), grad, t, a_t, a_s)
 
         def log_kernel(x_next):
@@ -253,7 +258,7 @@ def run_discrete_smc(
         x_next, log_q = proposal(key, step, kernel, frozen, aux, log_kernel)
         return x_next.astype(jnp.int32), (log_kernel(x_next) - log_q).astype(dtype)
 
-    move_all = map_particles(move_one, mesh, in_axes=(0, 0, 0, 0, 0, None, None, None, None))
+    move_all = map_particles(move_one, mesh, (0, 0, 0, 0, 0, None, None, None, None), chunk)
 
     def new_cache(key, x, t, kappa, kappa_next, level, root):
         log_mu, extra, rho, grad, bad = eval_all(

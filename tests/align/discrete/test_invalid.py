@@ -86,6 +86,7 @@ def test_infinite_logits_of_excluded_tokens_are_allowed():
         (lambda: d.LogMeanExp(1.5), TypeError, "`num_samples`"),
         (lambda: d.FirstOrder("logits"), ValueError, "`injection`"),
         (lambda: d.FirstOrder(clip=0.0), ValueError, "`clip`"),
+        (lambda: d.FirstOrder(top_k=0), ValueError, "`top_k` must be an int >= 1"),
         (lambda: d.Product(lambda e, t: e, float("nan")), ValueError, "`gamma`"),
         (lambda: d.Temperature(0.0), ValueError, "`gamma`"),
         (lambda: d.annealing(4, 1.5), ValueError, "`fraction`"),
@@ -112,6 +113,7 @@ def test_bad_arguments_are_named_at_build_time(make, error, message):
         (dict(annealing=np.linspace(0, 0.9, 5)), ValueError, "λ_T = 1"),
         (dict(annealing=np.ones(3)), ValueError, "shape \\(5,\\)"),
         (dict(ess_threshold=1.5), ValueError, "`ess_threshold`"),
+        (dict(particle_chunk=0), ValueError, "`particle_chunk` must be an int >= 1"),
     ],
 )
 def test_bad_run_arguments_are_named_before_anything_runs(options, error, message):

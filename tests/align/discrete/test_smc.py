@@ -76,6 +76,9 @@ CONFIGS = {
         twist=d.Soft(), proposal=d.FirstOrder(), kernel="one_token", annealing=d.annealing(4, 0.5)
     ),
     "remasking": dict(twist=d.Soft(), proposal=d.FirstOrder(), kernel="remdm_half"),
+    "first-order top-1, chunked": dict(
+        twist=d.Soft(), proposal=d.FirstOrder(top_k=1), particle_chunk=8
+    ),
 }
 
 
@@ -108,6 +111,33 @@ def test_normalizing_constant_is_unbiased(name):
     z = (ratio.mean() - 1.0) / (ratio.std(ddof=1) / np.sqrt(ratio.size))
     assert abs(z) < 4.0, (ratio.mean(), ratio.std(), z)
     assert ratio.std() > 1e-3  # a random estimate: the gate is not vacuous
+
+
+def test_top_k_over_every_token_and_particle_chunks_change_nothing():
+    """``FirstOrder(top_k=V)`` keeps every entry (the dense proposal) and ``particle_chunk``
+    only changes how the passes are batched: the same particles, weights and ``Ẑ``; a smaller
+    ``top_k`` is another proposal (other particles)."""
+    t = toy(coupling=0.5)
+
+    def run(proposal, chunk=None):
+        return jax.jit(
+            lambda k: d.run_discrete_smc(
+                k,
+                t.problem,
+                num_particles=12,
+                num_steps=t.num_steps,
+                twist=d.Soft(),
+                proposal=proposal,
+                particle_chunk=chunk,
+            )
+        )(jax.random.key(3))
+
+    dense = run(d.FirstOrder())
+    other = run(d.FirstOrder(top_k=V), chunk=5)  # 12 particles: chunks of 5, 5 and 2
+    np.testing.assert_array_equal(other.samples, dense.samples)
+    np.testing.assert_allclose(other.log_weights, dense.log_weights, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(other.log_normalizer, dense.log_normalizer, rtol=1e-5)
+    assert not np.array_equal(run(d.FirstOrder(top_k=1)).samples, dense.samples)
 
 
 def test_efficiency_ordering_of_proposals():
