@@ -15,7 +15,7 @@ exact whatever the proposal, and a better proposal only lowers their variance.
   log-probabilities (``μ ← softmax(log μ + δ)`` at masked positions; the unmask rate stays).
   Same support as ``p``. ``top_k=k`` keeps only the ``k`` largest ``δ_{l,v}`` over the real
   tokens of each position (the rest 0: those tokens keep the model's probabilities); the SMC
-  then stores ``2·k`` numbers per position instead of ``S``, which bounds the memory of a
+  then stores ``2·k + 1`` numbers per position instead of ``S``, which bounds the memory of a
   large vocabulary (docs/algorithms.md §10.8). It is another proposal, not an approximation
   of the weights: they stay exact.
 * :class:`Amortised` ("SMC-amot"): the reverse kernel of a second denoiser ``logits_fn``
