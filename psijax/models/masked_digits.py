@@ -1,0 +1,198 @@
+r"""A masked-diffusion model of scikit-learn's digits as token sequences (docs/algorithms.md §10.6).
+
+The digits' 8 × 8 images become sequences of ``L = 64`` tokens in one of two token sets:
+
+==========  =====  ===================================================================
+name        ``V``  token of a pixel ``p ∈ {0 … 16}`` (the dataset's own grey levels)
+==========  =====  ===================================================================
+``binary``  2      ``1[p > 8]`` (binarised digits, the paper's binarised-MNIST setting)
+``grey``    17     ``p`` itself (no information lost)
+==========  =====  ===================================================================
+
+Token ``v`` has the pixel value ``levels[v]`` (``V`` values evenly spaced in ``[−1, 1]``), and a
+relaxed one-hot ``E`` reads as the image ``E[:, :V]·levels`` (:func:`to_images`): a mask is
+mid-grey 0, and the map is linear, so the digits classifiers of
+:mod:`psijax.models.digits_classifiers` become differentiable rewards of ``E``.
+
+The denoiser is a :class:`psijax.models.masked_transformer.MaskedTransformer`, trained with the
+MDLM objective, the ELBO of the masked process: for ``t ~ U(0, 1)`` (stratified over the
+batch), ``x_t`` masks each token with probability ``1 − α(t)``, and
+
+.. math::
+
+    \mathcal{L} = \mathbb{E}_t\Big[\frac{−α'(t)}{1 − α(t)}\,\frac{1}{L}
+    \sum_{l:\ x_t^l = m} −\log μ_θ(x_0^l \mid x_t)\Big]
+
+(for the linear schedule the weight is ``1/t``). Any positive weight has the exact
+conditionals as its minimiser; this one makes the loss a bound on ``−log p(x_0)/L``.
+"""
+
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from blackjax.types import Array, ArrayLike, PRNGKey
+from flax import nnx
+
+from psijax._checks import check_choice, check_int
+from psijax.discrete.masking import mask, one_hot
+from psijax.discrete.schedules import get_schedule
+from psijax.models import module_io
+from psijax.models._training import fit
+from psijax.models.masked_transformer import MaskedTransformer, MaskedTransformerConfig
+
+__all__ = [
+    "TOKEN_SETS",
+    "CONFIGS",
+    "levels",
+    "to_tokens",
+    "to_images",
+    "tokens_to_images",
+    "TrainConfig",
+    "mdlm_loss",
+    "train",
+    "SHIPPED",
+    "weights_path",
+    "load",
+]
+
+LENGTH = 64
+#: Token set name -> vocabulary size ``V``.
+TOKEN_SETS = {"binary": 2, "grey": 17}
+#: The transformer of each token set: width 128, 4 blocks of 4 heads, no time conditioning.
+CONFIGS = {name: MaskedTransformerConfig(LENGTH, v) for name, v in TOKEN_SETS.items()}
+
+
+def _vocab(token_set: str) -> int:
+    return TOKEN_SETS[check_choice(token_set, "token_set", tuple(TOKEN_SETS))]
+
+
+def levels(token_set: str) -> Array:
+    """The ``(V,)`` pixel values of the tokens, evenly spaced in ``[−1, 1]``."""
+    return jnp.linspace(-1.0, 1.0, _vocab(token_set))
+
+
+def to_tokens(images: ArrayLike, token_set: str) -> Array:
+    """Images ``(..., 1, 8, 8)`` in ``[−1, 1]`` (:func:`psijax.models.digits.load_digits`) →
+    int32 tokens ``(..., 64)`` (module docstring)."""
+    vocab = _vocab(token_set)
+    images = jnp.asarray(images, jnp.float32)
+    flat = images.reshape(images.shape[:-3] + (LENGTH,))
+    if vocab == 2:
+        return (flat > 0.0).astype(jnp.int32)
+    return jnp.clip(jnp.round((flat + 1.0) * (vocab - 1) / 2.0), 0, vocab - 1).astype(jnp.int32)
+
+
+def to_images(soft_one_hot: ArrayLike, token_set: str) -> Array:
+    """A (relaxed) one-hot ``(..., 64, V + 1)`` → images ``(..., 1, 8, 8)``: ``E[:, :V]·levels``
+    (a mask reads as 0); linear, so differentiable in ``E``."""
+    e = jnp.asarray(soft_one_hot)
+    pixels = e[..., :-1] @ levels(token_set)
+    return pixels.reshape(pixels.shape[:-1] + (1, 8, 8))
+
+
+def tokens_to_images(tokens: ArrayLike, token_set: str) -> Array:
+    """Tokens ``(..., 64)`` (mask id ``V`` allowed) → images ``(..., 1, 8, 8)``."""
+    return to_images(one_hot(tokens, _vocab(token_set)), token_set)
+
+
+class TrainConfig(NamedTuple):
+    """MDLM training settings (Adam with a cosine-decayed step size)."""
+
+    num_steps: int = 1_200
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    schedule: str = "linear"
+
+
+def mdlm_loss(
+    model: MaskedTransformer, rng_key: PRNGKey, tokens: ArrayLike, schedule="linear"
+) -> Array:
+    """The MDLM loss of a batch of token sequences ``(B, L)`` (module docstring)."""
+    tokens = jnp.asarray(tokens, jnp.int32)
+    batch, length = tokens.shape
+    vocab = model.config.vocab_size
+    alpha = get_schedule(schedule)
+    key_t, key_mask = jax.random.split(rng_key)
+    # stratified times: one uniform shift of the grid (b + u)/B, kept away from t = 0
+    u = jax.random.uniform(key_t)
+    t = jnp.clip((jnp.arange(batch) + u) / batch, 1e-3, 1.0)
+    a_t, da_t = jax.vmap(jax.value_and_grad(alpha))(t)
+    weight = -da_t / jnp.maximum(1.0 - a_t, 1e-6)
+    x_t = jax.vmap(mask, in_axes=(0, 0, 0, None))(
+        jax.random.split(key_mask, batch), tokens, a_t, vocab
+    )
+    logits = model(one_hot(x_t, vocab), t)
+    log_probs = jax.nn.log_softmax(logits[..., :-1], axis=-1)
+    nll = -jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+    masked = (x_t == vocab).astype(jnp.float32)
+    return jnp.mean(weight * jnp.sum(masked * nll, axis=-1) / length)
+
+
+def train(
+    rng_key: PRNGKey,
+    tokens: ArrayLike,
+    token_set: str,
+    config: TrainConfig | None = None,
+    model_config: MaskedTransformerConfig | None = None,
+) -> tuple[MaskedTransformer, Array]:
+    """Train the masked-diffusion transformer of ``token_set`` on ``tokens`` ``(N, 64)``;
+    returns ``(model, losses per step)``. Reproducible from ``rng_key`` (initialisation,
+    minibatches uniform with replacement, times and masks); the steps run in one ``lax.scan``
+    (:func:`psijax.models._training.fit`)."""
+    vocab = _vocab(token_set)
+    config = TrainConfig() if config is None else config
+    num_steps = check_int(config.num_steps, "config.num_steps")
+    batch_size = check_int(config.batch_size, "config.batch_size")
+    if not config.learning_rate > 0:
+        raise ValueError(f"`config.learning_rate` must be > 0, got {config.learning_rate}.")
+    model_config = CONFIGS[token_set] if model_config is None else model_config
+    if (model_config.length, model_config.vocab_size) != (LENGTH, vocab):
+        raise ValueError(
+            f"`model_config` must have length {LENGTH} and vocab_size {vocab} for token set "
+            f"{token_set!r}, got {model_config.length} and {model_config.vocab_size}."
+        )
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if tokens.ndim != 2 or tokens.shape[1] != LENGTH:
+        raise ValueError(f"`tokens` must have shape (N, {LENGTH}), got {tokens.shape}.")
+    if bool(jnp.any((tokens < 0) | (tokens >= vocab))):
+        raise ValueError(f"`tokens` must be ids in [0, {vocab - 1}] for token set {token_set!r}.")
+    key_init, key_steps = jax.random.split(rng_key)
+    model = MaskedTransformer(model_config, rngs=nnx.Rngs(key_init))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss_fn(params, key):
+        key_batch, key_loss = jax.random.split(key)
+        idx = jax.random.randint(key_batch, (batch_size,), 0, tokens.shape[0])
+        return mdlm_loss(nnx.merge(graphdef, params, rest), key_loss, tokens[idx], config.schedule)
+
+    optimizer = optax.adam(optax.cosine_decay_schedule(config.learning_rate, num_steps))
+    params, losses = fit(loss_fn, params, optimizer, key_steps, num_steps)
+    return nnx.merge(graphdef, params, rest), losses
+
+
+#: The shipped models: token set -> sha256 of ``weights/masked_digits_<name>.safetensors``
+#: (checked on load). Written by ``benchmarks/train_masked_digits.py --write-weights``.
+SHIPPED: dict[str, str] = {
+    "binary": "35581e3e923c3d78acbc8ea316c6d1463d634e0493fc60aa6299fea42767cf23",
+    "grey": "b83dd86dbef263366a62d617f62c3c2d846f72f70faa6997a6d232406af81349",
+}
+_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
+
+
+def weights_path(token_set: str) -> str:
+    """Path of the shipped file ``weights/masked_digits_<token_set>.safetensors``."""
+    _vocab(token_set)
+    return os.path.join(_WEIGHTS, f"masked_digits_{token_set}.safetensors")
+
+
+def load(token_set: str) -> MaskedTransformer:
+    """The shipped denoiser of ``token_set``, its file's sha256 checked against
+    :data:`SHIPPED`."""
+    path = weights_path(token_set)
+    config = CONFIGS[token_set]
+    return module_io.load_module(
+        lambda: MaskedTransformer(config, rngs=nnx.Rngs(0)), path, SHIPPED[token_set]
+    )
