@@ -32,11 +32,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from blackjax.types import Array, ArrayLike, PRNGKey
 from flax import nnx
 
-from psijax._checks import check_choice, check_int
+from psijax._checks import check_choice, check_int, concrete_value
 from psijax.discrete.masking import mask, one_hot
 from psijax.discrete.schedules import get_schedule
 from psijax.models import module_io
@@ -78,6 +79,9 @@ def to_tokens(images: ArrayLike, token_set: str) -> Array:
     """Images ``(..., 1, 8, 8)`` in ``[−1, 1]`` (:func:`psijax.models.digits.load_digits`) →
     int32 tokens ``(..., 64)`` (module docstring)."""
     vocab = _vocab(token_set)
+    values = concrete_value(images, np.float32)
+    if values is not None and not np.all(np.abs(values) <= 1.0):  # NaN fails too
+        raise ValueError("`images` must be finite pixel values in [-1, 1].")
     images = jnp.asarray(images, jnp.float32)
     flat = images.reshape(images.shape[:-3] + (LENGTH,))
     if vocab == 2:
@@ -95,7 +99,11 @@ def to_images(soft_one_hot: ArrayLike, token_set: str) -> Array:
 
 def tokens_to_images(tokens: ArrayLike, token_set: str) -> Array:
     """Tokens ``(..., 64)`` (mask id ``V`` allowed) → images ``(..., 1, 8, 8)``."""
-    return to_images(one_hot(tokens, _vocab(token_set)), token_set)
+    vocab = _vocab(token_set)
+    values = concrete_value(tokens)
+    if values is not None and (np.any(values < 0) or np.any(values > vocab)):
+        raise ValueError(f"`tokens` must be ids in [0, {vocab}] ({vocab}: the mask).")
+    return to_images(one_hot(tokens, vocab), token_set)
 
 
 class TrainConfig(NamedTuple):

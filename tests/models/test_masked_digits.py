@@ -35,6 +35,12 @@ def test_tokens_round_trip_and_soft_images(data):
     assert float(jnp.abs(image).sum()) == 0.5
     with pytest.raises(ValueError, match="`token_set` must be one of"):
         md.levels("colour")
+    # NaN or out-of-range input is refused, never turned into a plausible token or image
+    for bad in (jnp.asarray(images[:2]).at[0, 0, 0, 0].set(jnp.nan), images[:2] * 2.0):
+        with pytest.raises(ValueError, match=r"`images` must be finite pixel values in \[-1, 1\]"):
+            md.to_tokens(bad, "grey")
+    with pytest.raises(ValueError, match=r"`tokens` must be ids in \[0, 2\]"):
+        md.tokens_to_images(binary[:2] + 2, "binary")
 
 
 def test_mdlm_loss_is_the_cross_entropy_bound_and_training_lowers_it(data):
