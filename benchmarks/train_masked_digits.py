@@ -22,13 +22,19 @@ images: it trains the seen MLP (key ``seed + 11``) and the held-out CNN (key ``s
 ``digits_classifiers`` on them, with the split of ``benchmarks/train_digits.py`` (a fixed
 permutation: 1,500 train, 297 test), with the default settings and with stronger pixel noise
 and weight decay, and reports their test accuracy beside that of the shipped classifiers on the
-same binarised images (writes ``benchmarks/results/train_masked_digits_classifiers.md``).
+same binarised images (writes ``benchmarks/results/train_masked_digits_classifiers.md``). The
+stronger settings, ``masked_digits.BINARY_CLASSIFIERS``, give the classifiers shipped for the
+binary token set: ``--classifiers --write-weights`` writes
+``psijax/models/weights/digits_{mlp,cnn}_binary.safetensors`` (paste the printed sha256 into
+``masked_digits.CLASSIFIERS``); without ``--write-weights`` it says whether the retrained
+classifiers are the shipped files bit for bit.
 
 ``--write-weights`` writes ``psijax/models/weights/masked_digits_{binary,grey}.safetensors`` and
 prints their sha256 (paste into ``masked_digits.SHIPPED``); without it the script says whether
 it rewrote the shipped files bit for bit. Writes
 ``benchmarks/results/train_masked_digits.md``.
 Usage: python benchmarks/train_masked_digits.py [--seed 0] [--write-weights] [--quick]
+       [--classifiers]
 """
 
 import argparse
@@ -109,37 +115,56 @@ def judge(model, token_set: str, tokens: np.ndarray, images: np.ndarray, labels,
     return out, samples
 
 
+def write_or_check(model, path: str, expected: str | None, write: bool) -> str:
+    """With ``write``, save ``model`` to ``path`` and return its sha256; otherwise the sha256
+    of the file it would be, and whether that is ``expected`` (the shipped file bit for bit)."""
+    if write:
+        found = module_io.save_module(model, path)
+        print(f"wrote {path}: sha256 {found}")
+        return found
+    with tempfile.TemporaryDirectory() as folder:
+        found = module_io.save_module(model, os.path.join(folder, "m.safetensors"))
+    return f"{found} ({'the shipped file' if found == expected else 'NOT the shipped file'})"
+
+
 def train_classifiers(args, images, labels, header: str) -> None:
     """The classifiers retrained on binarised images (module docstring)."""
     perm = np.random.default_rng(args.seed).permutation(len(images))
     train, test = perm[:NUM_TRAIN], perm[NUM_TRAIN:]
     binary = np.asarray(md.tokens_to_images(md.to_tokens(images, "binary"), "binary"))
     steps = 50 if args.quick else dc.ClassifierConfig().num_steps
-    configs = {
-        "default": dc.ClassifierConfig(num_steps=steps),
-        "noise 0.6, weight decay 0.01": dc.ClassifierConfig(
-            num_steps=steps, noise=0.6, weight_decay=1e-2
-        ),
-    }
     text = "# Digits classifiers on binarised images\n\n" + header + "\n"
+    sha = {}
     for offset, kind in ((11, "mlp"), (12, "cnn")):
-        shipped = dc.accuracy(digits.load(kind), binary[test], labels[test])
-        text += f"- `{kind}` trained on grey images (shipped): {shipped:.3f}\n"
+        shipped = md.BINARY_CLASSIFIERS[kind]
+        configs = {
+            "default": dc.ClassifierConfig(num_steps=steps),
+            f"noise {shipped.noise}, weight decay {shipped.weight_decay}; shipped": shipped,
+        }
+        acc = dc.accuracy(digits.load(kind), binary[test], labels[test])
+        text += f"- `{kind}` trained on grey images (shipped for `grey`): {acc:.3f}\n"
         for name, config in configs.items():
             start = time.perf_counter()
             key = jax.random.key(args.seed + offset)
             model, _ = jax.block_until_ready(
-                dc.train_classifier(kind, key, binary[train], labels[train], config)
+                dc.train_classifier(
+                    kind, key, binary[train], labels[train], config._replace(num_steps=steps)
+                )
             )
             acc = dc.accuracy(model, binary[test], labels[test])
             text += (
                 f"- `{kind}` trained on binarised images ({name}): {acc:.3f} "
                 f"({time.perf_counter() - start:.0f} s)\n"
             )
+        if not args.quick:  # the last one is the shipped configuration
+            path = md.classifier_path(kind, "binary")
+            sha[kind] = write_or_check(model, path, md.CLASSIFIERS.get(kind), args.write_weights)
     text += (
         f"\nTest accuracy on the {len(test)} binarised test images (standard error about "
-        f"{np.sqrt(0.96 * 0.04 / len(test)):.3f} at 0.96).\n"
+        f"{np.sqrt(0.96 * 0.04 / len(test)):.3f} at 0.96). The shipped binary classifiers "
+        "(`masked_digits.classifier(kind, 'binary')`), sha256:\n\n"
     )
+    text += "".join(f"- `{kind}`: {value}\n" for kind, value in sha.items())
     print(text)
     if not args.quick:
         write_text(text, "train_masked_digits_classifiers.md")
@@ -195,15 +220,11 @@ def main():
         print(report, flush=True)
         lines.append(report)
         all_samples[token_set] = samples
-        if args.write_weights and not args.quick:
+        if not args.quick:
             path = md.weights_path(token_set)
-            sha[token_set] = module_io.save_module(model, path)
-            print(f"wrote {path}: sha256 {sha[token_set]}")
-        elif not args.quick:  # the shipped file, rewritten bit for bit?
-            with tempfile.TemporaryDirectory() as folder:
-                found = module_io.save_module(model, os.path.join(folder, "m.safetensors"))
-            same = found == md.SHIPPED.get(token_set)
-            sha[token_set] = f"{found} ({'the shipped file' if same else 'NOT the shipped file'})"
+            sha[token_set] = write_or_check(
+                model, path, md.SHIPPED.get(token_set), args.write_weights
+            )
     text = "# Masked-diffusion digits models: training and unguided quality\n\n" + header
     text += f"\nseed {args.seed}; {SAMPLES} one-token samples (64 steps) per model.\n\n"
     for r in lines:
