@@ -1,7 +1,7 @@
 """Every discrete sampler at equal NFE on the masked-diffusion digits, judged by held-out metrics.
 
 The study of ``psijax.experiments.discrete_digits`` on the shipped masked-diffusion digits
-models (2 CPU cores, about 45 minutes):
+models (2 CPU cores, about 37 minutes):
 
 1. For each token set (``binary``, V = 2; ``grey``, V = 17): the class task (targets 0, 4, 8)
    and the layout task (boxes left, right, narrow), each at the two ``β`` of
