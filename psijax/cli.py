@@ -561,14 +561,18 @@ def _add_discrete_digits(commands) -> None:
         help="comma-separated boxes: left, right, narrow (default: all three)",
     )
     cmd.add_argument(
-        "--class-betas", type=float, nargs="+", default=None, help="β of the class task (1 0.1)"
+        "--class-betas",
+        type=float,
+        nargs="+",
+        default=None,
+        help="β of the class task (default: 1 0.1)",
     )
     cmd.add_argument(
         "--layout-betas",
         type=float,
         nargs="+",
         default=None,
-        help="β of the layout task (0.05 0.02)",
+        help="β of the layout task (default: 0.05 0.02)",
     )
     cmd.add_argument(
         "--methods",
