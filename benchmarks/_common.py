@@ -3,11 +3,13 @@
 import os
 import platform
 import statistics
+import tempfile
 import time
 
 import jax
 
 from psijax.experiments import records
+from psijax.models import module_io
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -72,3 +74,15 @@ def write_text(text: str, name: str) -> str:
     with open(path, "w") as f:
         f.write(text)
     return path
+
+
+def write_or_check(model, path: str, expected: str | None, write: bool) -> str:
+    """With ``write``, save ``model`` to ``path`` and return its sha256; otherwise the sha256
+    of the file it would be, and whether that is ``expected`` (the shipped file bit for bit)."""
+    if write:
+        found = module_io.save_module(model, path)
+        print(f"wrote {path}: sha256 {found}")
+        return found
+    with tempfile.TemporaryDirectory() as folder:
+        found = module_io.save_module(model, os.path.join(folder, "m.safetensors"))
+    return f"{found} ({'the shipped file' if found == expected else 'NOT the shipped file'})"

@@ -108,16 +108,8 @@ def hacking(models, pool) -> str:
         rows = dd.hacking_check(models, task, pool[:64])
         lines += [
             f"\n{models.token_set}, {name} = {target}:\n",
-            "| Adam steps | seen r (relaxed E) | seen r (rounded) | held-out | nn_dist | "
-            "seen MLP says the target |",
-            "|---|---|---|---|---|---|",
+            dd.format_hacking(rows, "seen_accuracy", "seen MLP says the target"),
         ]
-        for r in rows:
-            said = f"{r['seen_accuracy']:.2f}" if "seen_accuracy" in r else "–"
-            lines.append(
-                f"| {r['steps']} | {r['reward_relaxed']:.3f} | {r['reward']:.3f} | "
-                f"{r['heldout']:.2f} | {r['nn_dist']:.3f} | {said} |"
-            )
     return "\n".join(lines)
 
 

@@ -40,7 +40,6 @@ Usage: python benchmarks/train_masked_digits.py [--seed 0] [--write-weights] [--
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 import jax
@@ -48,10 +47,10 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import RESULTS, machine, write_text  # noqa: E402
+from _common import RESULTS, machine, write_or_check, write_text  # noqa: E402
 
 from psijax.discrete.sampling import sample  # noqa: E402
-from psijax.models import digits, module_io  # noqa: E402
+from psijax.models import digits  # noqa: E402
 from psijax.models import digits_classifiers as dc  # noqa: E402
 from psijax.models import masked_digits as md  # noqa: E402
 from psijax.models import masked_transformer as mt  # noqa: E402
@@ -113,18 +112,6 @@ def judge(model, token_set: str, tokens: np.ndarray, images: np.ndarray, labels,
             sample_freq_noise=float(np.sqrt(freq * (1 - freq) / SAMPLES).max()),
         )
     return out, samples
-
-
-def write_or_check(model, path: str, expected: str | None, write: bool) -> str:
-    """With ``write``, save ``model`` to ``path`` and return its sha256; otherwise the sha256
-    of the file it would be, and whether that is ``expected`` (the shipped file bit for bit)."""
-    if write:
-        found = module_io.save_module(model, path)
-        print(f"wrote {path}: sha256 {found}")
-        return found
-    with tempfile.TemporaryDirectory() as folder:
-        found = module_io.save_module(model, os.path.join(folder, "m.safetensors"))
-    return f"{found} ({'the shipped file' if found == expected else 'NOT the shipped file'})"
 
 
 def train_classifiers(args, images, labels, header: str) -> None:

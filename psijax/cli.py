@@ -13,6 +13,8 @@
 - ``discrete-digits``: the masked-diffusion samplers at equal NFE on the learned digits
   models, class and layout tasks, seen rewards and held-out judges
   (:mod:`psijax.experiments.discrete_digits`).
+- ``discrete-words``: the same on the learned English-words model, a seen word classifier and a
+  held-out dictionary (:mod:`psijax.experiments.discrete_words`).
 
 Every command writes its figure (PNG), its results (JSON, and CSV rows) and, for the studies,
 a markdown table into ``--out`` (default ``./psijax-<command>``) and prints their absolute
@@ -420,19 +422,18 @@ def _add_discrete_toy(commands) -> None:
 
 
 # -- psijax discrete-digits ----------------------------------------------------------------------
-def _discrete_digits(args: argparse.Namespace) -> int:
+def _run_discrete_study(args, domain, tasks, *, steps, title, stem, plot, extra=()) -> int:
+    """The study of :mod:`psijax.experiments.discrete_study` on ``domain`` with the options of
+    ``args``: a PNG per task (``plot(first, task, β, N_ref, path)``), .md, .json and .csv."""
     import jax
 
-    from psijax.experiments import digits as cd
-    from psijax.experiments import discrete_digits as dd
+    from psijax.experiments import discrete_study as ds
 
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
-    models = dd.load_models(args.token_set)
-    tasks = [cd.make_task(name, t) for name in args.tasks for t in args.targets[name]]
     betas = {name: args.betas[name] for name in args.tasks}
-    rows, first, timings = dd.run_study(
-        models,
+    rows, first, timings = ds.run_study(
+        domain,
         tasks,
         args.methods,
         particles=args.particles,
@@ -442,33 +443,33 @@ def _discrete_digits(args: argparse.Namespace) -> int:
         amortised_options={"num_iterations": args.amortised_iterations},
         progress=not args.no_progress,
     )
-    summary = dd.summarize(rows, over_targets=True)
+    metrics = (*ds.METRICS, *extra)
+    summary = ds.summarize(rows, over_targets=True, metrics=metrics)
     elapsed = time.perf_counter() - start
-    base = os.path.join(args.out, "discrete_digits")
+    base = os.path.join(args.out, stem)
     figures = []
     for name in args.tasks:
         figures.append(f"{base}_{name}.png")
-        dd.plot_grid(models, first, name, betas[name][0], max(args.particles), figures[-1])
+        plot(first, name, betas[name][0], max(args.particles), figures[-1])
     records.write_csv(rows, base + ".csv")
     record = {
         "backend": jax.default_backend(),
         "seconds": elapsed,
-        "token_set": args.token_set,
-        "steps": dd.NUM_STEPS,
+        "model": domain.name,
+        "steps": steps,
         "betas": betas,
         "summary": summary,
-        "per_target": dd.summarize(rows),
+        "per_target": ds.summarize(rows, metrics=metrics),
         "timings": timings,
         "rows": rows,
     }
     records.write_json(record, base + ".json")
-    table = dd.format_markdown(summary)
+    table = ds.format_markdown(summary, extra=extra)
     with open(base + ".md", "w") as f:
         f.write(table + "\n")
     print(
-        f"\nMasked-diffusion digits ({args.token_set}) — T = {dd.NUM_STEPS} steps, "
-        f"{args.seeds} seeds per target, equal NFE (the cost of smc_reverse with N_ref "
-        "particles); ± one standard error over targets × seeds.\n"
+        f"\n{title} — T = {steps} steps, {args.seeds} seeds per target, equal NFE (the cost of "
+        "smc_reverse with N_ref particles); ± one standard error over targets × seeds.\n"
     )
     print(table)
     print(f"\nWrote: {', '.join(os.path.abspath(f) for f in figures)}, and the .csv, .json and")
@@ -477,38 +478,34 @@ def _discrete_digits(args: argparse.Namespace) -> int:
     return 0
 
 
+def _discrete_digits(args: argparse.Namespace) -> int:
+    from psijax.experiments import digits as cd
+    from psijax.experiments import discrete_digits as dd
+
+    models = dd.load_models(args.token_set)
+    return _run_discrete_study(
+        args,
+        models,
+        [cd.make_task(name, t) for name in args.tasks for t in args.targets[name]],
+        steps=dd.NUM_STEPS,
+        title=f"Masked-diffusion digits ({args.token_set})",
+        stem="discrete_digits",
+        plot=lambda *a: dd.plot_grid(models, *a),
+    )
+
+
 def _check_discrete_digits(args: argparse.Namespace) -> None:
     from psijax.experiments import digits as cd
     from psijax.experiments import discrete_digits as dd
 
-    for name in ("seeds", "pool_size", "amortised_iterations"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"psijax: --{name.replace('_', '-')} must be >= 1")
-    if any(n < 1 for n in args.particles):
-        raise SystemExit("psijax: --particles must be >= 1")
-    if args.pool_size < args.seeds * min(args.particles):
-        raise SystemExit(
-            f"psijax: --pool-size {args.pool_size}: must be >= seeds × min(particles) = "
-            f"{args.seeds * min(args.particles)}"
-        )
-    for option, names, allowed in (
-        ("tasks", args.tasks, cd.TASKS),
-        ("methods", args.methods, dd.METHODS),
-    ):
-        unknown = [n for n in names if n not in allowed]
-        if unknown or not names:
-            raise SystemExit(
-                f"psijax: --{option} {','.join(unknown)}: choose from {', '.join(allowed)}"
-            )
+    _check_discrete_study(args, cd.TASKS, dd.METHODS)
     targets, betas = dict(dd.DEFAULT_TARGETS), dict(dd.DEFAULT_BETAS)
     for option, value in (("class-targets", args.class_targets), ("boxes", args.boxes)):
         if value is not None:
             targets["class" if option == "class-targets" else "layout"] = value
     for option, value in (("class-betas", args.class_betas), ("layout-betas", args.layout_betas)):
         if value is not None:
-            if not value or any(not (b > 0 and b < float("inf")) for b in value):
-                raise SystemExit(f"psijax: --{option} {value}: each β must be finite and > 0")
-            betas[option.split("-")[0]] = tuple(value)
+            betas[option.split("-")[0]] = _check_betas(option, value)
     for name in args.tasks:
         for target in targets[name]:
             try:
@@ -574,6 +571,78 @@ def _add_discrete_digits(commands) -> None:
         default=None,
         help="β of the layout task (default: 0.05 0.02)",
     )
+    _add_study_arguments(cmd, methods)
+    cmd.set_defaults(run=_discrete_digits, check=_check_discrete_digits)
+
+
+# -- psijax discrete-words ----------------------------------------------------------------------
+def _discrete_words(args: argparse.Namespace) -> int:
+    from psijax.experiments import discrete_words as dw
+
+    models = dw.load_models()
+    tasks = [dw.make_task(name, t) for name in args.tasks for t in args.targets[name]]
+    return _run_discrete_study(
+        args,
+        models,
+        tasks,
+        steps=dw.NUM_STEPS,
+        title="Masked-diffusion words",
+        stem="discrete_words",
+        plot=lambda *a: dw.plot_grid(models, *a),
+        extra=("novel",),
+    )
+
+
+def _check_discrete_study(args: argparse.Namespace, tasks, methods) -> None:
+    """The options every discrete study shares: counts, pool size, tasks and methods."""
+    for name in ("seeds", "pool_size", "amortised_iterations"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"psijax: --{name.replace('_', '-')} must be >= 1")
+    if any(n < 1 for n in args.particles):
+        raise SystemExit("psijax: --particles must be >= 1")
+    if args.pool_size < args.seeds * min(args.particles):
+        raise SystemExit(
+            f"psijax: --pool-size {args.pool_size}: must be >= seeds × min(particles) = "
+            f"{args.seeds * min(args.particles)}"
+        )
+    for option, names, allowed in (
+        ("tasks", args.tasks, tasks),
+        ("methods", args.methods, methods),
+    ):
+        unknown = [n for n in names if n not in allowed]
+        if unknown or not names:
+            raise SystemExit(
+                f"psijax: --{option} {','.join(unknown)}: choose from {', '.join(allowed)}"
+            )
+
+
+def _check_betas(option: str, value) -> tuple:
+    if not value or any(not (b > 0 and b < float("inf")) for b in value):
+        raise SystemExit(f"psijax: --{option} {value}: each β must be finite and > 0")
+    return tuple(value)
+
+
+def _check_discrete_words(args: argparse.Namespace) -> None:
+    from psijax.experiments import discrete_study as ds
+    from psijax.experiments import discrete_words as dw
+
+    _check_discrete_study(args, dw.TASKS, ds.METHODS)
+    targets, betas = dict(dw.DEFAULT_TARGETS), dict(dw.DEFAULT_BETAS)
+    if args.letters is not None:
+        targets["letter"] = args.letters
+    for option, value in (("word-betas", args.word_betas), ("letter-betas", args.letter_betas)):
+        if value is not None:
+            betas[option.split("-")[0]] = _check_betas(option, value)
+    for target in targets["letter"]:
+        try:
+            dw.make_task("letter", target)
+        except ValueError as error:
+            raise SystemExit(f"psijax: --letters {target}: {error}") from None
+    args.targets, args.betas = targets, betas
+
+
+def _add_study_arguments(cmd, methods: str) -> None:
+    """--methods, --particles, --seeds, --pool-size, --amortised-iterations."""
     cmd.add_argument(
         "--methods",
         type=_names,
@@ -602,7 +671,51 @@ def _add_discrete_digits(commands) -> None:
         default=60,
         help="training steps of each amortised proposal (default: %(default)s)",
     )
-    cmd.set_defaults(run=_discrete_digits, check=_check_discrete_digits)
+
+
+def _add_discrete_words(commands) -> None:
+    cmd = commands.add_parser(
+        "discrete-words",
+        formatter_class=_Formatter,
+        help="masked-diffusion SMC on the learned English-words model (minutes on CPU)",
+        description=(
+            "Every discrete sampler at equal NFE on the shipped masked-diffusion words model "
+            "(12 characters, trained on the gcide list): the word task (seen: a classifier's "
+            "log p(word); held-out: the word is in the web2 list, which no model saw) and the "
+            "letter task (the same, for words containing a letter), with realism (edit "
+            "distance to the nearest training word), the share of novel real words, and the "
+            "unguided model and the importance-weighted target as references. Needs the "
+            "english-words package (pip install 'psijax[words]'). Writes "
+            "discrete_words_<task>.png (the best sequences per method and target), .md, .json "
+            "and .csv into --out."
+        ),
+    )
+    _add_common_arguments(cmd, "psijax-discrete-words")
+    cmd.add_argument(
+        "--tasks",
+        type=_names,
+        default=("word", "letter"),
+        help="comma-separated: word, letter (default: %(default)s)",
+    )
+    cmd.add_argument(
+        "--letters", type=_names, default=None, help="comma-separated letters (default: q,k,w)"
+    )
+    cmd.add_argument(
+        "--word-betas",
+        type=float,
+        nargs="+",
+        default=None,
+        help="β of the word task (default: 1 0.25)",
+    )
+    cmd.add_argument(
+        "--letter-betas",
+        type=float,
+        nargs="+",
+        default=None,
+        help="β of the letter task (default: 1 0.25)",
+    )
+    _add_study_arguments(cmd, "best_of_n,fk_steering,smc_reverse,smc_first_order,smc_amortised")
+    cmd.set_defaults(run=_discrete_words, check=_check_discrete_words)
 
 
 # -- psijax bench -------------------------------------------------------------------------------
@@ -1090,6 +1203,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(commands)
     _add_discrete_toy(commands)
     _add_discrete_digits(commands)
+    _add_discrete_words(commands)
     return parser
 
 

@@ -258,3 +258,47 @@ def test_discrete_digits_writes_grids_table_json_and_csv(tmp_path, capsys):
         i = argv.index(option)
         with pytest.raises(SystemExit, match=message):
             main(argv[: i + 1] + [value] + argv[i + 2 :])
+
+
+def test_discrete_words_writes_grids_table_json_and_csv(tmp_path, capsys):
+    """A tiny masked-words study (one letter, best-of-N and SMC): the files exist, the rows
+    carry the held-out score, realism and the novel share, and bad values are refused."""
+    argv = [
+        "discrete-words",
+        "--tasks",
+        "letter",
+        "--letters",
+        "z",
+        "--letter-betas",
+        "0.5",
+        "--methods",
+        "best_of_n,smc_reverse",
+        "--particles",
+        "2",
+        "--seeds",
+        "2",
+        "--pool-size",
+        "16",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    for name in (
+        "discrete_words_letter.png",
+        *(f"discrete_words.{e}" for e in ("md", "json", "csv")),
+    ):
+        assert (tmp_path / name).stat().st_size > 100
+    record = json.loads((tmp_path / "discrete_words.json").read_text())
+    assert record["model"] == "words" and record["steps"] == 16
+    assert all(0.0 <= r["novel"] <= r["heldout"] <= 1.0 for r in record["rows"])
+    assert all(r["nn_dist"] >= 0.0 for r in record["rows"])
+    assert "| words | letter | all | 0.5 | 2 | smc_reverse |" in capsys.readouterr().out
+    for option, value, message in (
+        ("--letters", "qu", "--letters qu: `target` of the letter task"),
+        ("--letter-betas", "-1", "--letter-betas"),
+        ("--tasks", "rhyme", "--tasks rhyme: choose from word, letter"),
+    ):
+        i = argv.index(option)
+        with pytest.raises(SystemExit, match=message):
+            main(argv[: i + 1] + [value] + argv[i + 2 :])

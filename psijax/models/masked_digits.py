@@ -15,35 +15,22 @@ mid-grey 0, and the map is linear, so the digits classifiers of
 :mod:`psijax.models.digits_classifiers` become differentiable rewards of ``E``.
 
 The denoiser is a :class:`psijax.models.masked_transformer.MaskedTransformer`, trained with the
-MDLM objective, the ELBO of the masked process: for ``t ~ U(0, 1)`` (stratified over the
-batch), ``x_t`` masks each token with probability ``1 − α(t)``, and
-
-.. math::
-
-    \mathcal{L} = \mathbb{E}_t\Big[\frac{−α'(t)}{1 − α(t)}\,\frac{1}{L}
-    \sum_{l:\ x_t^l = m} −\log μ_θ(x_0^l \mid x_t)\Big]
-
-(for the linear schedule the weight is ``1/t``). Any positive weight has the exact
-conditionals as its minimiser; this one makes the loss a bound on ``−log p(x_0)/L``.
+MDLM objective (:mod:`psijax.models.mdlm`), the ELBO of the masked process.
 """
 
 import os
-from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from blackjax.types import Array, ArrayLike, PRNGKey
 from flax import nnx
 
-from psijax._checks import check_choice, check_int, concrete_value
-from psijax.discrete.masking import mask, one_hot
-from psijax.discrete.schedules import get_schedule
-from psijax.models import digits, module_io
+from psijax._checks import check_choice, concrete_value
+from psijax.discrete.masking import one_hot
+from psijax.models import digits, mdlm, module_io
 from psijax.models import digits_classifiers as dc
-from psijax.models._training import fit
 from psijax.models.masked_transformer import MaskedTransformer, MaskedTransformerConfig
+from psijax.models.mdlm import TrainConfig, mdlm_loss
 
 __all__ = [
     "TOKEN_SETS",
@@ -111,39 +98,6 @@ def tokens_to_images(tokens: ArrayLike, token_set: str) -> Array:
     return to_images(one_hot(tokens, vocab), token_set)
 
 
-class TrainConfig(NamedTuple):
-    """MDLM training settings (Adam with a cosine-decayed step size)."""
-
-    num_steps: int = 1_200
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    schedule: str = "linear"
-
-
-def mdlm_loss(
-    model: MaskedTransformer, rng_key: PRNGKey, tokens: ArrayLike, schedule="linear"
-) -> Array:
-    """The MDLM loss of a batch of token sequences ``(B, L)`` (module docstring)."""
-    tokens = jnp.asarray(tokens, jnp.int32)
-    batch, length = tokens.shape
-    vocab = model.config.vocab_size
-    alpha = get_schedule(schedule)
-    key_t, key_mask = jax.random.split(rng_key)
-    # stratified times: one uniform shift of the grid (b + u)/B, kept away from t = 0
-    u = jax.random.uniform(key_t)
-    t = jnp.clip((jnp.arange(batch) + u) / batch, 1e-3, 1.0)
-    a_t, da_t = jax.vmap(jax.value_and_grad(alpha))(t)
-    weight = -da_t / jnp.maximum(1.0 - a_t, 1e-6)
-    x_t = jax.vmap(mask, in_axes=(0, 0, 0, None))(
-        jax.random.split(key_mask, batch), tokens, a_t, vocab
-    )
-    logits = model(one_hot(x_t, vocab), t)
-    log_probs = jax.nn.log_softmax(logits[..., :-1], axis=-1)
-    nll = -jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
-    masked = (x_t == vocab).astype(jnp.float32)
-    return jnp.mean(weight * jnp.sum(masked * nll, axis=-1) / length)
-
-
 def train(
     rng_key: PRNGKey,
     tokens: ArrayLike,
@@ -152,38 +106,15 @@ def train(
     model_config: MaskedTransformerConfig | None = None,
 ) -> tuple[MaskedTransformer, Array]:
     """Train the masked-diffusion transformer of ``token_set`` on ``tokens`` ``(N, 64)``;
-    returns ``(model, losses per step)``. Reproducible from ``rng_key`` (initialisation,
-    minibatches uniform with replacement, times and masks); the steps run in one ``lax.scan``
-    (:func:`psijax.models._training.fit`)."""
+    returns ``(model, losses per step)`` (:func:`psijax.models.mdlm.train`)."""
     vocab = _vocab(token_set)
-    config = TrainConfig() if config is None else config
-    num_steps = check_int(config.num_steps, "config.num_steps")
-    batch_size = check_int(config.batch_size, "config.batch_size")
-    if not config.learning_rate > 0:
-        raise ValueError(f"`config.learning_rate` must be > 0, got {config.learning_rate}.")
     model_config = CONFIGS[token_set] if model_config is None else model_config
     if (model_config.length, model_config.vocab_size) != (LENGTH, vocab):
         raise ValueError(
             f"`model_config` must have length {LENGTH} and vocab_size {vocab} for token set "
             f"{token_set!r}, got {model_config.length} and {model_config.vocab_size}."
         )
-    tokens = jnp.asarray(tokens, jnp.int32)
-    if tokens.ndim != 2 or tokens.shape[1] != LENGTH:
-        raise ValueError(f"`tokens` must have shape (N, {LENGTH}), got {tokens.shape}.")
-    if bool(jnp.any((tokens < 0) | (tokens >= vocab))):
-        raise ValueError(f"`tokens` must be ids in [0, {vocab - 1}] for token set {token_set!r}.")
-    key_init, key_steps = jax.random.split(rng_key)
-    model = MaskedTransformer(model_config, rngs=nnx.Rngs(key_init))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-    def loss_fn(params, key):
-        key_batch, key_loss = jax.random.split(key)
-        idx = jax.random.randint(key_batch, (batch_size,), 0, tokens.shape[0])
-        return mdlm_loss(nnx.merge(graphdef, params, rest), key_loss, tokens[idx], config.schedule)
-
-    optimizer = optax.adam(optax.cosine_decay_schedule(config.learning_rate, num_steps))
-    params, losses = fit(loss_fn, params, optimizer, key_steps, num_steps)
-    return nnx.merge(graphdef, params, rest), losses
+    return mdlm.train(rng_key, tokens, model_config, config)
 
 
 #: The shipped models: token set -> sha256 of ``weights/masked_digits_<name>.safetensors``
