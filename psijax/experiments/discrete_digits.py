@@ -120,10 +120,12 @@ class Models(NamedTuple):
 
     @property
     def name(self) -> str:
+        """The token set, the rows' ``token_set`` column."""
         return self.token_set
 
     @property
     def vocab(self) -> int:
+        """``V`` of the token set."""
         return md.TOKEN_SETS[self.token_set]
 
     def reward(self, task_name: str, param) -> Callable:
