@@ -211,13 +211,15 @@ class WordsModels(NamedTuple):
         dist = np.asarray([_nearest(self, s) for s in mw.letters(tokens)], np.float64)
         rewards = np.where(used & np.isfinite(rewards), rewards, -np.inf)
         best = int(np.argmax(rewards))
+        if not np.isfinite(rewards[best]):  # no usable particle: no best one to score
+            held, dist = np.full_like(held, np.nan), np.full_like(dist, np.nan)
         mean = lambda v: float(np.sum(np.where(used, w * v, 0.0)))  # noqa: E731
         return {
             "ess": float(1.0 / np.sum(w**2)) if used.any() else 0.0,
-            "reward": mean(np.where(used, rewards, 0.0)),
-            "heldout": mean(held),
-            "nn_dist": mean(dist),
-            "novel": mean(novel),
+            "reward": mean(np.where(used, rewards, 0.0)) if used.any() else np.nan,
+            "heldout": mean(held) if used.any() else np.nan,
+            "nn_dist": mean(dist) if used.any() else np.nan,
+            "novel": mean(novel) if used.any() else np.nan,
             "best_reward": float(rewards[best]),
             "best_heldout": float(held[best]),
             "best_nn_dist": float(dist[best]),

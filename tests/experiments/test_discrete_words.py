@@ -84,6 +84,7 @@ def test_evaluate_scores_words_and_ignores_zero_weight_particles(models):
     # every weight zero (or NaN from a model): an ESS of 0 and no plausible score
     empty = dw.evaluate(models, task, tokens, np.full(5, -np.inf))
     assert empty["ess"] == 0.0 and empty["best_reward"] == -np.inf
+    assert all(np.isnan(empty[k]) for k in ("heldout", "nn_dist", "best_heldout", "novel"))
 
 
 def test_equal_budget_runs_align_towards_the_letter(models, pool):
