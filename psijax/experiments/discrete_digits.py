@@ -207,7 +207,11 @@ def metrics_fn(models: Models, task_name: str) -> Callable:
 
     def fn(samples, log_weights, param, box):
         log_weights = jnp.asarray(log_weights, jnp.float32)
-        w = jnp.exp(log_weights - jax.scipy.special.logsumexp(log_weights))
+        log_weights = jnp.where(jnp.isfinite(log_weights), log_weights, -jnp.inf)
+        top = jnp.max(log_weights)
+        any_used = jnp.isfinite(top)  # else every weight is zero (or NaN from a model)
+        w = jnp.where(any_used, jnp.exp(log_weights - jnp.where(any_used, top, 0.0)), 0.0)
+        w = w / jnp.where(any_used, jnp.sum(w), 1.0)
         used = w > 0
         tokens = jnp.where(used[:, None], jnp.clip(jnp.asarray(samples), 0, vocab - 1), 0)
         e = one_hot(tokens, vocab)
@@ -217,15 +221,16 @@ def metrics_fn(models: Models, task_name: str) -> Callable:
         held = _heldout(models, task_name, param, box, images)
         dist = cd.nearest_data_distance(images, models.data)
         best = jnp.argmax(rewards)
-        mean = lambda v: jnp.sum(jnp.where(used, w * v, 0.0))  # noqa: E731
+        no_best = ~jnp.isfinite(rewards[best])  # no usable particle: no best one to score
+        mean = lambda v: jnp.where(any_used, jnp.sum(jnp.where(used, w * v, 0.0)), jnp.nan)  # noqa: E731
         return {
-            "ess": 1.0 / jnp.sum(w**2),
+            "ess": jnp.where(any_used, 1.0 / jnp.sum(w**2), 0.0),
             "reward": mean(jnp.where(used, rewards, 0.0)),
             "heldout": mean(held),
             "nn_dist": mean(dist),
             "best_reward": rewards[best],
-            "best_heldout": held[best],
-            "best_nn_dist": dist[best],
+            "best_heldout": jnp.where(no_best, jnp.nan, held[best]),
+            "best_nn_dist": jnp.where(no_best, jnp.nan, dist[best]),
         }
 
     return jax.jit(fn)

@@ -410,20 +410,27 @@ def run_study(
     seeds: int = 5,
     pool_size: int = 4096,
     amortised_options: dict | None = None,
+    variants: dict | None = None,
     progress: bool = False,
 ) -> tuple[list, dict, list]:
     """Every method × budget (:data:`PARTICLES`) × task × ``β`` (default
     ``domain.default_betas``) × seed on one model, with the reference rows (a pool of
     ``pool_size`` unguided samples, seed 12345) and, for ``smc_amortised``, a proposal trained
-    per target (:func:`train_amortised` with ``amortised_options``).
+    per target (:func:`train_amortised` with ``amortised_options``). ``variants`` adds
+    labelled configurations, ``{label: (method, options)}`` (e.g. ``{"smc_first_order (clip 3)":
+    ("smc_first_order", {"proposal": FirstOrder(clip=3.0)})}``), run at every budget like the
+    methods, their rows' ``method`` being the label (:func:`run_method`'s ``options`` and
+    ``label``).
 
     Returns ``(rows, particles, timings)``: per-seed rows; ``{(task, target, β, method, N_ref):
     (tokens, weights)}`` of seed 0; and rows ``{token_set, task, method, n_ref, compile_s,
     run_s}`` (``method = "train smc_amortised"`` rows: ``target`` and ``train_s``).
     """
     betas = domain.default_betas if betas is None else betas
-    for method in methods:
-        check_choice(method, "methods", METHODS)
+    runs = [(method, method, None) for method in methods]
+    runs += [(label, method, options) for label, (method, options) in (variants or {}).items()]
+    for label, method, _ in runs:
+        check_choice(method, "methods" if label == method else f"variants[{label!r}]", METHODS)
     groups: dict = {}
     for task in tasks:
         groups.setdefault(task.name, []).append(task)
@@ -431,7 +438,7 @@ def run_study(
     if progress:
         from tqdm.auto import tqdm
 
-        total = len(groups) * len(methods) * len(particles)
+        total = len(groups) * len(runs) * len(particles)
         bar = tqdm(total=total, desc=f"discrete study ({domain.name})", unit="call")
     pool = unguided_pool(domain, pool_size)
     rows, first, timings = [], {}, []
@@ -441,7 +448,7 @@ def run_study(
                 domain, task, pool, betas=betas[name], chunk=min(particles), seeds=seeds
             )
         trained = None
-        if "smc_amortised" in methods:
+        if any(method == "smc_amortised" for _, method, _ in runs):
             trained = {}
             for task in group:
                 at = task._replace(alpha=float(betas[name][0]))
@@ -451,18 +458,26 @@ def run_study(
                     {"token_set": domain.name, "task": name, "target": str(task.target)}
                     | {"method": "train smc_amortised", "train_s": done.train_s}
                 )
-        for method in methods:
+        for label, method, options in runs:
             for n_ref in particles:
                 if bar is not None:
-                    bar.set_postfix_str(f"{name}/{method}/N_ref={n_ref}")
+                    bar.set_postfix_str(f"{name}/{label}/N_ref={n_ref}")
                 out = run_method(
-                    domain, group, method, n_ref, betas=betas[name], seeds=seeds, amortised=trained
+                    domain,
+                    group,
+                    method,
+                    n_ref,
+                    betas=betas[name],
+                    seeds=seeds,
+                    amortised=trained,
+                    options=options,
+                    label=label,
                 )
                 rows += out.rows
                 for (target, beta), value in out.particles.items():
-                    first[(name, target, beta, method, n_ref)] = value
+                    first[(name, target, beta, label, n_ref)] = value
                 timings.append(
-                    {"token_set": domain.name, "task": name, "method": method}
+                    {"token_set": domain.name, "task": name, "method": label}
                     | {"n_ref": n_ref, "compile_s": out.compile_s, "run_s": out.run_s}
                 )
                 if bar is not None:

@@ -85,6 +85,11 @@ def test_evaluate_ignores_zero_weight_particles(models, pool):
     images = md.tokens_to_images(pool[:3], "binary")
     iou = cd.box_iou(images, task.box)
     assert got["heldout"] == pytest.approx(float(jnp.dot(jnp.array([0.5, 0.25, 0.25]), iou)))
+    # every weight zero (or NaN from a model): an ESS of 0 and no plausible score
+    for bad in (-jnp.inf, jnp.nan):
+        empty = dd.evaluate(models, task, tokens, jnp.full(4, bad))
+        assert empty["ess"] == 0.0 and empty["best_reward"] == -np.inf
+        assert all(math.isnan(empty[k]) for k in ("reward", "heldout", "nn_dist", "best_heldout"))
 
 
 def test_references_and_the_importance_weighted_target(models, pool):

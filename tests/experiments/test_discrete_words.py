@@ -116,17 +116,20 @@ def test_hacking_check_study_and_tables(models, pool):
     assert rows[2]["reward_relaxed"] > rows[0]["reward_relaxed"]
     assert all(0.0 <= r["seen_accepts"] <= 1.0 and r["nn_dist"] >= 0 for r in rows)
     tasks = [dw.make_task("letter", "x")]
+    with pytest.raises(ValueError, match="variants\\['bad'\\]"):
+        ds.run_study(models, tasks, (), variants={"bad": ("smc_nothing", {})})
     rows, first, _ = ds.run_study(
-        models, tasks, ("best_of_n", "smc_reverse"), particles=(2,), betas={"letter": (1.0,)},
-        seeds=2, pool_size=8,
+        models, tasks, ("best_of_n",), particles=(2,), betas={"letter": (1.0,)},
+        seeds=2, pool_size=8, variants={"reverse (a variant)": ("smc_reverse", {})},
     )  # fmt: skip
     summary = ds.summarize(rows, metrics=(*ds.METRICS, "novel"))
     assert {e["method"] for e in summary} == {
         "model (unguided)",
         "target (IS)",
         "best_of_n",
-        "smc_reverse",
+        "reverse (a variant)",
     }
+    assert ("letter", "x", 1.0, "reverse (a variant)", 2) in first
     assert all("novel_se" in e for e in summary)
     table = dw.sample_table(models, first, "letter", 1.0, 2)
     assert table.splitlines()[0] == "| method | letter = x |"
