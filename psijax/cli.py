@@ -361,6 +361,12 @@ def _check_discrete_toy(args: argparse.Namespace) -> None:
             raise SystemExit(f"psijax: --{name} must be >= 1")
     if any(n < 1 for n in args.particles):
         raise SystemExit("psijax: --particles must be >= 1")
+    if args.first_order_clip is None:
+        args.first_order_clip = args.default_clips
+    if any(not (c > 0 and c < float("inf")) for c in args.first_order_clip):
+        raise SystemExit(
+            f"psijax: --first-order-clip {args.first_order_clip}: each C must be finite and > 0"
+        )
     for option, names, allowed in (
         ("toys", args.toys, dt.TOYS),
         ("rewards", args.rewards, dt.REWARDS),
@@ -427,11 +433,16 @@ def _run_discrete_study(args, domain, tasks, *, steps, title, stem, plot, extra=
     ``args``: a PNG per task (``plot(first, task, β, N_ref, path)``), .md, .json and .csv."""
     import jax
 
+    from psijax.align.discrete import FirstOrder
     from psijax.experiments import discrete_study as ds
 
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
     betas = {name: args.betas[name] for name in args.tasks}
+    variants = {
+        f"smc_first_order (clip {c:g})": ("smc_first_order", {"proposal": FirstOrder(clip=c)})
+        for c in args.first_order_clip
+    }
     rows, first, timings = ds.run_study(
         domain,
         tasks,
@@ -441,6 +452,7 @@ def _run_discrete_study(args, domain, tasks, *, steps, title, stem, plot, extra=
         seeds=args.seeds,
         pool_size=args.pool_size,
         amortised_options={"num_iterations": args.amortised_iterations},
+        variants=variants,
         progress=not args.no_progress,
     )
     metrics = (*ds.METRICS, *extra)
@@ -600,6 +612,12 @@ def _check_discrete_study(args: argparse.Namespace, tasks, methods) -> None:
             raise SystemExit(f"psijax: --{name.replace('_', '-')} must be >= 1")
     if any(n < 1 for n in args.particles):
         raise SystemExit("psijax: --particles must be >= 1")
+    if args.first_order_clip is None:
+        args.first_order_clip = args.default_clips
+    if any(not (c > 0 and c < float("inf")) for c in args.first_order_clip):
+        raise SystemExit(
+            f"psijax: --first-order-clip {args.first_order_clip}: each C must be finite and > 0"
+        )
     if args.pool_size < args.seeds * min(args.particles):
         raise SystemExit(
             f"psijax: --pool-size {args.pool_size}: must be >= seeds × min(particles) = "
@@ -641,14 +659,26 @@ def _check_discrete_words(args: argparse.Namespace) -> None:
     args.targets, args.betas = targets, betas
 
 
-def _add_study_arguments(cmd, methods: str) -> None:
-    """--methods, --particles, --seeds, --pool-size, --amortised-iterations."""
+def _add_study_arguments(cmd, methods: str, clips: tuple = ()) -> None:
+    """--methods, --first-order-clip, --particles, --seeds, --pool-size,
+    --amortised-iterations."""
     cmd.add_argument(
         "--methods",
         type=_names,
         default=tuple(methods.split(",")),
         help=f"comma-separated, of {methods} (default: %(default)s)",
     )
+    shown = " ".join(f"{c:g}" for c in clips) or "none"
+    cmd.add_argument(
+        "--first-order-clip",
+        type=float,
+        nargs="*",
+        default=None,
+        metavar="C",
+        help="also run smc_first_order with its tilt clipped to ±C nats, once per C, labelled "
+        f"'smc_first_order (clip C)'; no value: none (default: {shown})",
+    )
+    cmd.set_defaults(default_clips=list(clips))
     cmd.add_argument(
         "--particles",
         type=int,
@@ -714,7 +744,10 @@ def _add_discrete_words(commands) -> None:
         default=None,
         help="β of the letter task (default: 1 0.25)",
     )
-    _add_study_arguments(cmd, "best_of_n,fk_steering,smc_reverse,smc_first_order,smc_amortised")
+    # the sharp word classifier collapses the unclipped tilt (docs/algorithms.md §10.11)
+    _add_study_arguments(
+        cmd, "best_of_n,fk_steering,smc_reverse,smc_first_order,smc_amortised", clips=(3.0,)
+    )
     cmd.set_defaults(run=_discrete_words, check=_check_discrete_words)
 
 

@@ -261,8 +261,9 @@ def test_discrete_digits_writes_grids_table_json_and_csv(tmp_path, capsys):
 
 
 def test_discrete_words_writes_grids_table_json_and_csv(tmp_path, capsys):
-    """A tiny masked-words study (one letter, best-of-N and SMC): the files exist, the rows
-    carry the held-out score, realism and the novel share, and bad values are refused."""
+    """A tiny masked-words study (one letter, best-of-N and the clipped first-order SMC): the
+    files exist, the rows carry the held-out score, realism and the novel share, and bad values
+    are refused."""
     argv = [
         "discrete-words",
         "--tasks",
@@ -272,7 +273,9 @@ def test_discrete_words_writes_grids_table_json_and_csv(tmp_path, capsys):
         "--letter-betas",
         "0.5",
         "--methods",
-        "best_of_n,smc_reverse",
+        "best_of_n",
+        "--first-order-clip",
+        "3",
         "--particles",
         "2",
         "--seeds",
@@ -293,8 +296,10 @@ def test_discrete_words_writes_grids_table_json_and_csv(tmp_path, capsys):
     assert record["model"] == "words" and record["steps"] == 16
     assert all(0.0 <= r["novel"] <= r["heldout"] <= 1.0 for r in record["rows"])
     assert all(r["nn_dist"] >= 0.0 for r in record["rows"])
-    assert "| words | letter | all | 0.5 | 2 | smc_reverse |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| words | letter | all | 0.5 | 2 | smc_first_order (clip 3) |" in out
     for option, value, message in (
+        ("--first-order-clip", "0", "--first-order-clip \\[0.0\\]: each C must be finite"),
         ("--letters", "qu", "--letters qu: `target` of the letter task"),
         ("--letter-betas", "-1", "--letter-betas"),
         ("--tasks", "rhyme", "--tasks rhyme: choose from word, letter"),
