@@ -361,12 +361,6 @@ def _check_discrete_toy(args: argparse.Namespace) -> None:
             raise SystemExit(f"psijax: --{name} must be >= 1")
     if any(n < 1 for n in args.particles):
         raise SystemExit("psijax: --particles must be >= 1")
-    if args.first_order_clip is None:
-        args.first_order_clip = args.default_clips
-    if any(not (c > 0 and c < float("inf")) for c in args.first_order_clip):
-        raise SystemExit(
-            f"psijax: --first-order-clip {args.first_order_clip}: each C must be finite and > 0"
-        )
     for option, names, allowed in (
         ("toys", args.toys, dt.TOYS),
         ("rewards", args.rewards, dt.REWARDS),
