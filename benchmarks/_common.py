@@ -7,18 +7,33 @@ import tempfile
 import time
 
 import jax
+import numpy as np
 
 from psijax.experiments import records
 from psijax.models import module_io
+from psijax.models.flux.checkpoint import read_tensors
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the architecture when it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()}, {platform.machine()}"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> str:
-    """One line naming the machine the numbers were measured on."""
+    """One line naming the machine the numbers were measured on (CPU model included: float
+    rounding, and so trained weights, can differ between CPU models)."""
     devices = jax.devices()
     kind = devices[0].device_kind if devices else "?"
-    cpu = platform.processor() or platform.machine()
+    cpu = _cpu_model()
     return (
         f"{jax.default_backend()} ({kind} ×{len(devices)}), {os.cpu_count()} host cores ({cpu}), "
         f"jax {jax.__version__}, python {platform.python_version()}"
@@ -85,4 +100,27 @@ def write_or_check(model, path: str, expected: str | None, write: bool) -> str:
         return found
     with tempfile.TemporaryDirectory() as folder:
         found = module_io.save_module(model, os.path.join(folder, "m.safetensors"))
-    return f"{found} ({'the shipped file' if found == expected else 'NOT the shipped file'})"
+    if found == expected:
+        return f"{found} (the shipped file)"
+    return f"{found} (NOT the shipped file{_difference(model, path)})"
+
+
+def _difference(model, path: str) -> str:
+    """How far ``model``'s parameters are from the shipped file's: the largest absolute
+    difference and its tensor, and the median over tensors of each tensor's largest one."""
+    if not os.path.isfile(path):
+        return ""
+    new = module_io.module_tensors(model)
+    old = read_tensors(path, host=True)
+    if set(new) != set(old):
+        return "; other tensor names"
+    gaps = {
+        k: float(np.max(np.abs(np.asarray(new[k], np.float64) - np.asarray(old[k], np.float64))))
+        for k in new
+    }
+    worst = max(gaps, key=gaps.get)
+    median = statistics.median(gaps.values())
+    return (
+        f"; largest |Δ| {gaps[worst]:.2g} in `{worst}`, median over tensors {median:.2g}, "
+        f"{sum(v > 0 for v in gaps.values())} of {len(gaps)} tensors differ"
+    )

@@ -31,7 +31,9 @@ classifiers are the shipped files bit for bit.
 
 ``--write-weights`` writes ``psijax/models/weights/masked_digits_{binary,grey}.safetensors`` and
 prints their sha256 (paste into ``masked_digits.SHIPPED``); without it the script says whether
-it rewrote the shipped files bit for bit. Writes
+it rewrote the shipped files bit for bit, and if not, how far the weights are from them. It does
+on the CPU that trained them; another CPU model rounds differently and gives the same models to
+float rounding (measured in the results' notes). Writes
 ``benchmarks/results/train_masked_digits.md``.
 Usage: python benchmarks/train_masked_digits.py [--seed 0] [--write-weights] [--quick]
        [--classifiers]
