@@ -1,4 +1,4 @@
-"""Small pytree arithmetic shared by the kernels.
+"""Small pytree arithmetic shared by the kernels, and the chunked ``vmap`` of the samplers.
 
 Positions of every sampler in psijax are arbitrary pytrees of arrays. The few reductions the
 kernels need (inner products, squared norms, finiteness) are collected here so that each kernel
@@ -7,6 +7,7 @@ reads as its equations. Reductions accumulate in at least float32, whatever the 
 
 import functools
 import operator
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ from blackjax.types import Array, ArrayLikeTree, ArrayTree, PRNGKey
 
 __all__ = [
     "accumulation_dtype",
+    "chunked_vmap",
     "tree_all_finite",
     "tree_normal",
     "tree_sq_norm",
@@ -63,3 +65,31 @@ def tree_normal(rng_key: PRNGKey, like: ArrayLikeTree) -> ArrayTree:
         for key, leaf in zip(keys, leaves, strict=True)
     ]
     return jax.tree.unflatten(treedef, noise)
+
+
+def chunked_vmap(fn: Callable, in_axes=0, chunk: int | None = None) -> Callable:
+    """``jax.vmap(fn, in_axes)``, or a :func:`jax.lax.map` over chunks of at most ``chunk``
+    elements of the mapped axis (same results, memory of one chunk's evaluation).
+
+    ``in_axes`` is ``0`` or a tuple of ``0`` / ``None`` per positional argument.
+    """
+    mapped = jax.vmap(fn, in_axes=in_axes)
+    if chunk is None:
+        return mapped
+
+    def chunked(*args):
+        axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
+        batched = [a for a, axis in zip(args, axes, strict=True) if axis is not None]
+        size = jax.tree.leaves(batched)[0].shape[0]
+        if size <= chunk:
+            return mapped(*args)
+
+        def one(values):
+            it = iter(values)
+            return fn(
+                *(a if axis is None else next(it) for a, axis in zip(args, axes, strict=True))
+            )
+
+        return jax.lax.map(one, batched, batch_size=chunk)
+
+    return chunked

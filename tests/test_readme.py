@@ -17,7 +17,10 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 FENCE = re.compile(
     r"(?:<!-- no-run: (?P<reason>.*?) -->\n)?```(?P<lang>\w*)\n(?P<code>.*?)```", re.S
 )
-NO_RUN = {"with real weights": "FLUX.1-schnell"}
+NO_RUN = {
+    "with real weights": "FLUX.1-schnell",
+    "with the real flux, clip and aesthetic weights": "ae.safetensors",
+}
 """The blocks expected to be skipped (a phrase of the text before the block: a phrase of the
 reason), so that a new ``no-run`` mark is a decision made here too."""
 CHECKS = {
@@ -29,6 +32,10 @@ CHECKS = {
         "assert sharded.samples.sharding.spec == (P('particles') if mesh.size > 1 else P())"
     ),
     "feynman_kac.run": "assert str(state.particles.dtype) == 'int32'",
+    "aesthetic_reward(tower": (
+        "assert images.shape == (2, 3, 16, 16)\n"
+        "assert jax.jit(jax.vmap(reward_fn))(tokens).shape == (2,)"
+    ),
 }
 
 

@@ -203,6 +203,7 @@ class Chains(InitialStage):
         key_init, key_burn, key_kept = jax.random.split(rng_key, 3)
         positions = jax.random.normal(key_init, (padded, *problem.event_shape), jnp.float32)
         positions = constrain(positions, mesh)
+        chunk = problem.particle_chunk
 
         h = jnp.asarray(self.step_size, jnp.float32)
         if self.adapt:
@@ -211,14 +212,16 @@ class Chains(InitialStage):
                 logdensity_fn,
                 target_acceptance_rate=self.target_acceptance_rate,
                 initial_step_size=self.step_size,
+                chunk=chunk,
             )
             (states, params), _ = adaptation.run(
                 key_burn, positions, burn_in, num_active=num_chains
             )
             h = params["step_size"]
         else:
-            states = map_particles(lambda x: algorithm.init(x, logdensity_fn), mesh)(positions)
-        step_fn = _vmapped_step(algorithm.build_kernel(), logdensity_fn, h, mesh)
+            init = map_particles(lambda x: algorithm.init(x, logdensity_fn), mesh, chunk=chunk)
+            states = init(positions)
+        step_fn = _vmapped_step(algorithm.build_kernel(), logdensity_fn, h, mesh, chunk)
         if burn_in > 0 and not self.adapt:
             states, _ = jax.lax.scan(step_fn, states, jax.random.split(key_burn, burn_in))
 
@@ -321,7 +324,7 @@ def _counting(kernel, constant_cost: int | None, nfe_fn: Callable, stage: Chains
     return _Counting(init, lambda: step, getattr(kernel, "HAS_ACCEPT_STEP", True))
 
 
-def _vmapped_step(kernel: Callable, logdensity_fn: Callable, step_size, mesh) -> Callable:
+def _vmapped_step(kernel: Callable, logdensity_fn: Callable, step_size, mesh, chunk) -> Callable:
     """``(states, key) -> (states, acceptance (C,))``: one step of every chain (each device
     steps its own chains; the chain keys are split globally, so they do not depend on ``mesh``)."""
 
@@ -329,7 +332,7 @@ def _vmapped_step(kernel: Callable, logdensity_fn: Callable, step_size, mesh) ->
         state, info = kernel(key, state, logdensity_fn, step_size)
         return state, info.acceptance_rate
 
-    every_chain = map_particles(one, mesh, in_axes=(0, 0, None))
+    every_chain = map_particles(one, mesh, (0, 0, None), chunk)
 
     def step(states, key):
         keys = jax.random.split(key, states.nfe.shape[0])

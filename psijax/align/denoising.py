@@ -238,8 +238,9 @@ def run_smc(
     times = jnp.asarray(times, dtype)
     lambdas = jnp.asarray(lambdas, dtype)
     alpha = jnp.asarray(problem.alpha, dtype)
-    potential_and_grad = map_particles(problem.potential_and_grad, mesh, in_axes=(0, None))
-    reward = map_particles(problem.reward, mesh)
+    chunk = problem.particle_chunk
+    potential_and_grad = map_particles(problem.potential_and_grad, mesh, (0, None), chunk)
+    reward = map_particles(problem.reward, mesh, chunk=chunk)
 
     def evaluate(xs, t, root):
         """The :class:`Cache` of the particles at time ``t`` and the NFE it cost."""

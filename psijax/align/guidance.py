@@ -75,7 +75,7 @@ from jax.sharding import Mesh
 from psijax._checks import check_int, check_real
 from psijax._tree import tree_normal
 from psijax.align.predictors import Tweedie
-from psijax.align.problem import RewardProblem, check_problem
+from psijax.align.problem import RewardProblem, check_problem, with_particle_chunk
 from psijax.align.result import AlignmentResult, SamplerInfo
 from psijax.flows.interpolant import renoise
 from psijax.flows.sde import (
@@ -112,6 +112,7 @@ def dps(
     grid: ArrayLike | None = None,
     nfe_budget: int | None = None,
     mesh: Mesh | None = None,
+    particle_chunk: int | None = None,
 ) -> AlignmentResult:
     r"""Diffusion posterior sampling: the stochastic sampler plus ``ζΔ∇_x r(x̂0(x, t))``.
 
@@ -154,6 +155,10 @@ def dps(
         A :class:`jax.sharding.Mesh` to shard the particles over (``N`` a multiple of its device
         count), or ``None``; particle ``i``'s randomness comes from ``fold_in(rng_key, i)``, so
         the result does not depend on it (:mod:`psijax.smc.sharding`).
+    particle_chunk
+        Evaluate the model and reward on at most this many particles at a time (per device),
+        bounding the memory of a pass by the chunk; the same results
+        (:attr:`RewardProblem.particle_chunk`). ``None``: the problem's setting.
 
     Returns
     -------
@@ -177,6 +182,7 @@ def dps(
         grid,
         nfe_budget,
         mesh,
+        particle_chunk,
     )
 
 
@@ -194,6 +200,7 @@ def freedom(
     grid: ArrayLike | None = None,
     nfe_budget: int | None = None,
     mesh: Mesh | None = None,
+    particle_chunk: int | None = None,
 ) -> AlignmentResult:
     r"""FreeDoM: the DPS guided step plus time travel inside a window of the schedule.
 
@@ -208,7 +215,7 @@ def freedom(
     ----------
     rng_key, problem, num_particles, num_steps, guidance_scale, normalize, diffusion, grid
         As in :func:`dps`.
-    nfe_budget, mesh
+    nfe_budget, mesh, particle_chunk
         As in :func:`dps`.
     num_repeats
         ``K ≥ 0`` time-travel repeats per window step; ``K = 0`` is :func:`dps` exactly.
@@ -239,6 +246,7 @@ def freedom(
         grid,
         nfe_budget,
         mesh,
+        particle_chunk,
         num_repeats=num_repeats,
         window=window,
     )
@@ -254,6 +262,7 @@ def best_of_n(
     grid: ArrayLike | None = None,
     nfe_budget: int | None = None,
     mesh: Mesh | None = None,
+    particle_chunk: int | None = None,
 ) -> AlignmentResult:
     r"""Best-of-N: ``N`` unguided samples, keep the one with the highest exact reward.
 
@@ -264,7 +273,7 @@ def best_of_n(
 
     Parameters
     ----------
-    rng_key, problem, num_particles, num_steps, diffusion, grid, nfe_budget, mesh
+    rng_key, problem, num_particles, num_steps, diffusion, grid, nfe_budget, mesh, particle_chunk
         As in :func:`dps` (``N = ⌊B/T⌋`` forward evaluations from a budget). Any x0-predictor is
         accepted (none is used).
 
@@ -280,7 +289,7 @@ def best_of_n(
         Naming the invalid argument.
 
     """
-    check_problem(problem)
+    problem = with_particle_chunk(check_problem(problem), particle_chunk)
     grid = denoising_grid(num_steps, grid)
     times = jnp.asarray(grid, jnp.float32)
     n = _particle_count(num_particles, nfe_budget, grid.shape[0] - 1, mesh)
@@ -289,7 +298,7 @@ def best_of_n(
     def one(key, y, t, t_next):
         return step(key, problem.velocity_fn, y, t, t_next, diffusion)[0]
 
-    one = map_particles(one, mesh, in_axes=(0, 0, None, None))
+    one = map_particles(one, mesh, (0, 0, None, None), problem.particle_chunk)
 
     def body(x, inputs):
         keys, t, t_next = inputs
@@ -315,11 +324,12 @@ def _guided_sampler(
     grid,
     nfe_budget,
     mesh,
+    particle_chunk,
     num_repeats: int = 0,
     window: tuple[float, float] = (0.0, 1.0),
 ) -> AlignmentResult:
     """DPS (``num_repeats = 0``) and FreeDoM: validate, then scan the guided step."""
-    check_problem(problem)
+    problem = with_particle_chunk(check_problem(problem), particle_chunk)
     grid = denoising_grid(num_steps, grid)
     times = jnp.asarray(grid, jnp.float32)
     current = grid[:-1]
@@ -337,7 +347,7 @@ def _guided_sampler(
         return _guided_step(key, problem, x, t, t_next, diffusion, scale, bool(normalize))
 
     x, keys = _initial_particles(rng_key, n, problem.event_shape, len(repeats), mesh)
-    guided = map_particles(guided, mesh, in_axes=(0, 0, None, None))
+    guided = map_particles(guided, mesh, (0, 0, None, None), problem.particle_chunk)
     x, nfe = _guided_scan(guided, x, keys, times, repeats)
     return _result(problem, x, jnp.sum(nfe, dtype=jnp.int32), best_only=False, mesh=mesh)
 
@@ -415,7 +425,7 @@ def _initial_particles(
 
 def _result(problem: RewardProblem, x: Array, nfe: Array, best_only: bool, mesh) -> AlignmentResult:
     """Exact rewards at ``t = 0`` (no model call), log-weights, and the guidance-method info."""
-    reward = map_particles(problem.reward, mesh)(x)
+    reward = map_particles(problem.reward, mesh, chunk=problem.particle_chunk)(x)
     valid = jnp.isfinite(reward) & jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
     rewards = jnp.where(valid, reward, jnp.nan)
     if best_only:

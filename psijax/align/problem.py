@@ -21,11 +21,11 @@ import jax
 import jax.numpy as jnp
 from blackjax.types import Array, ArrayLike
 
-from psijax._checks import check_real
+from psijax._checks import check_int, check_real
 from psijax._deprecation import deprecated
 from psijax.align.predictors import FlowMap, Predictor, Tweedie, as_predictor
 
-__all__ = ["RewardProblem", "check_problem"]
+__all__ = ["RewardProblem", "check_problem", "with_particle_chunk"]
 
 _PREDICTOR_NAMES = {"tweedie": Tweedie, "flow_map": FlowMap}
 
@@ -55,6 +55,13 @@ class RewardProblem:
     flow_map_options
         Deprecated: keyword arguments of ``FlowMap`` for ``x0_predictor="flow_map"`` (also when
         an initial stage switches to it by that name); pass ``FlowMap(rtol=…)`` instead.
+    particle_chunk
+        Evaluate the model and the reward on at most this many particles at a time (per
+        device), in a ``lax.map`` over chunks (:func:`psijax.smc.sharding.map_particles`), so
+        the memory of a pass (activations, gradients) is bounded by the chunk, not by the
+        particle count; the results are the same as unchunked. ``None`` (default): all at once.
+        Every sampler and initial stage honours it except :class:`~psijax.align.Tempered`, which
+        refuses it (BlackJAX's tempered SMC maps over all particles itself).
 
     Raises
     ------
@@ -69,6 +76,7 @@ class RewardProblem:
     alpha: float
     x0_predictor: Predictor | Callable = Tweedie()
     flow_map_options: Mapping | None = None
+    particle_chunk: int | None = None
 
     def __post_init__(self):
         if not callable(self.velocity_fn):
@@ -82,6 +90,8 @@ class RewardProblem:
             raise TypeError(f"`event_shape` must be a tuple of positive ints, got {shape!r}.")
         if not all(s > 0 for s in shape):
             raise ValueError(f"`event_shape` must be a tuple of positive ints, got {shape!r}.")
+        if self.particle_chunk is not None:
+            check_int(self.particle_chunk, "particle_chunk")
         alpha = check_real(self.alpha, "alpha", gt=0.0)
         if alpha is None:
             raise ValueError("`alpha` must be concrete (not traced).")
@@ -214,3 +224,11 @@ def check_problem(problem) -> RewardProblem:
     if not isinstance(problem, RewardProblem):
         raise TypeError(f"`problem` must be a RewardProblem, got {type(problem).__name__}.")
     return problem
+
+
+def with_particle_chunk(problem: RewardProblem, particle_chunk: int | None) -> RewardProblem:
+    """``problem`` evaluated ``particle_chunk`` particles at a time (a sampler's
+    ``particle_chunk=`` argument); ``problem`` itself when ``particle_chunk`` is ``None``."""
+    if particle_chunk is None or particle_chunk == problem.particle_chunk:
+        return problem
+    return dataclasses.replace(problem, particle_chunk=particle_chunk)

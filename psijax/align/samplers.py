@@ -74,7 +74,7 @@ from psijax.align.guidance import (
     freedom,
 )
 from psijax.align.predictors import as_predictor
-from psijax.align.problem import RewardProblem, check_problem
+from psijax.align.problem import RewardProblem, check_problem, with_particle_chunk
 from psijax.align.proposals import Bootstrap, Twisted
 from psijax.align.result import AlignmentResult, SamplerInfo
 from psijax.align.stages import InitialStage, Prior, TopK
@@ -215,6 +215,7 @@ def smc(
     nfe_budget: int | None = None,
     budget_split: float = 0.5,
     mesh: Mesh | None = None,
+    particle_chunk: int | None = None,
     **deprecated_options,
 ) -> AlignmentResult:
     r"""SMC over the denoising grid from an initial stage: the one driver of the SMC family.
@@ -252,6 +253,10 @@ def smc(
         device). The SMC's ``N`` and Top-K's candidates must be multiples of its device count
         (chains are padded); the result equals the single-device one to float tolerance
         (:mod:`psijax.smc.sharding`).
+    particle_chunk
+        Evaluate the model and reward on at most this many particles at a time (per device),
+        bounding the memory of a pass by the chunk; the same results
+        (:attr:`RewardProblem.particle_chunk`). ``None``: the problem's setting.
     **deprecated_options
         The 0.1 spellings: ``init`` as a method name with the stage's options
         (``init="pcnl", burn_in=10``) and ``init_predictor``; they warn.
@@ -267,7 +272,7 @@ def smc(
         Naming the invalid argument, before anything runs.
 
     """
-    check_problem(problem)
+    problem = with_particle_chunk(check_problem(problem), particle_chunk)
     init = _stage(init, deprecated_options)
     if not isinstance(init, InitialStage):
         raise TypeError(

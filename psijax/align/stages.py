@@ -198,7 +198,7 @@ class TopK(InitialStage):
         reward_and_nfe, _ = reward_with_nfe(with_predictor(problem, self.predictor))
         n = self.candidates(num_particles)
         x = constrain(jax.random.normal(rng_key, (n, *problem.event_shape), jnp.float32), mesh)
-        reward, nfe = map_particles(reward_and_nfe, mesh)(x)
+        reward, nfe = map_particles(reward_and_nfe, mesh, chunk=problem.particle_chunk)(x)
         _, best = jax.lax.top_k(jnp.where(jnp.isfinite(reward), reward, -jnp.inf), num_particles)
         info = no_mcmc_info(log_normalizer=jnp.nan)
         return InitialParticles(x[best], jnp.zeros(num_particles), jnp.sum(nfe), info)

@@ -94,9 +94,15 @@ class Tempered(InitialStage):
         check_int(self.max_steps, "max_steps")
 
     def check(self, problem, num_particles, mesh) -> None:
-        """The particles are sharded: ``K`` must divide over the mesh."""
+        """The particles are sharded: ``K`` must divide over the mesh; no ``particle_chunk``."""
         super().check(problem, num_particles, mesh)
         check_divisible(mesh, num_particles, "num_particles")
+        if problem.particle_chunk is not None:
+            raise ValueError(
+                "Tempered() cannot evaluate particles in chunks: BlackJAX's tempered SMC maps "
+                "over every particle itself. Use `particle_chunk=None`, or Chains(...) (the "
+                "Ψ-Sampler's pCNL stage), which honours it."
+            )
 
     def sample(self, rng_key, problem, num_particles, *, mesh=None) -> InitialParticles:
         """Temper from prior draws to ``π_init`` (module docstring)."""

@@ -19,7 +19,8 @@ from blackjax.base import AdaptationAlgorithm
 from blackjax.optimizers.dual_averaging import dual_averaging
 from blackjax.types import Array, ArrayLikeTree, PRNGKey
 
-from psijax._checks import check_real
+from psijax._checks import check_int, check_real
+from psijax._tree import chunked_vmap
 from psijax.mcmc.metropolis import check_step_size
 
 __all__ = ["AdaptationResults", "AdaptationInfo", "step_size_adaptation"]
@@ -65,6 +66,7 @@ def step_size_adaptation(
     t0: int = 10,
     gamma: float = 0.05,
     kappa: float = 0.75,
+    chunk: int | None = None,
 ) -> AdaptationAlgorithm:
     """Tune the step size of ``psijax.pcn`` or ``psijax.pcnl`` (or any kernel taking ``h``).
 
@@ -97,6 +99,9 @@ def step_size_adaptation(
         ``(low, high)`` with ``0 < low < high < 4``.
     t0, gamma, kappa
         Dual-averaging constants (Hoffman & Gelman 2014 defaults).
+    chunk
+        Step at most this many chains at a time (a ``lax.map`` over chunks; the same
+        results), bounding the memory of the log-density evaluations. ``None``: all at once.
 
     Returns
     -------
@@ -122,6 +127,8 @@ def step_size_adaptation(
     if not 0.5 < kappa <= 1.0 or not t0 >= 0 or not gamma > 0:
         raise ValueError("dual averaging needs kappa in (0.5, 1], t0 >= 0 and gamma > 0.")
 
+    if chunk is not None:
+        check_int(chunk, "chunk")
     kernel = algorithm.build_kernel()
     da_init, da_update, _ = dual_averaging(t0, gamma, kappa)
     u_low, u_high = _logit_quarter(low), _logit_quarter(high)
@@ -151,7 +158,7 @@ def step_size_adaptation(
             raise ValueError(
                 f"`num_active` must be an int in [1, {num_chains}], got {num_active!r}."
             )
-        states = jax.vmap(algorithm.init, in_axes=(0, None))(positions, logdensity_fn)
+        states = chunked_vmap(algorithm.init, (0, None), chunk)(positions, logdensity_fn)
 
         # Dual averaging in log-odds: its "log x" is u = logit(h/4), its x the odds h/(4 − h).
         odds0 = jnp.asarray(initial_step_size / (4.0 - initial_step_size), jnp.float32)
@@ -165,7 +172,7 @@ def step_size_adaptation(
             step_size = _from_logit_quarter(u, low, high)
             keys = jax.random.split(rng_key, num_chains)
             step_in_axes = 0 if per_chain else None
-            states, info = jax.vmap(chain_step, in_axes=(0, 0, step_in_axes))(
+            states, info = chunked_vmap(chain_step, (0, 0, step_in_axes), chunk)(
                 keys, states, step_size
             )
             rates = info.acceptance_rate

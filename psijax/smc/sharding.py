@@ -49,6 +49,8 @@ import numpy as np
 from blackjax.types import ArrayTree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from psijax._tree import chunked_vmap
+
 __all__ = ["particle_mesh", "check_mesh", "check_divisible", "map_particles", "constrain", "spec"]
 
 AXIS_NAME = "particles"
@@ -109,7 +111,7 @@ def map_particles(fn: Callable, mesh: Mesh | None, in_axes=0, chunk: int | None 
     the transient memory of ``fn`` (activations, gradients) is bounded by the chunk, not by
     ``N``; the results are the same as unchunked.
     """
-    mapped = _chunked(fn, in_axes, chunk)
+    mapped = chunked_vmap(fn, in_axes, chunk)
     if mesh is None:
         return mapped
     particles = spec(mesh)
@@ -122,27 +124,3 @@ def map_particles(fn: Callable, mesh: Mesh | None, in_axes=0, chunk: int | None 
         return jax.shard_map(mapped, mesh=mesh, in_specs=in_specs, out_specs=particles)(*args)
 
     return sharded
-
-
-def _chunked(fn: Callable, in_axes, chunk: int | None) -> Callable:
-    """``vmap(fn, in_axes)``, or a :func:`jax.lax.map` over chunks of ``chunk`` particles."""
-    mapped = jax.vmap(fn, in_axes=in_axes)
-    if chunk is None:
-        return mapped
-
-    def chunked(*args):
-        axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
-        batched = [a for a, axis in zip(args, axes, strict=True) if axis is not None]
-        size = jax.tree.leaves(batched)[0].shape[0]
-        if size <= chunk:
-            return mapped(*args)
-
-        def one(values):
-            it = iter(values)
-            return fn(
-                *(a if axis is None else next(it) for a, axis in zip(args, axes, strict=True))
-            )
-
-        return jax.lax.map(one, batched, batch_size=chunk)
-
-    return chunked

@@ -7,9 +7,27 @@
 - :mod:`.convert` / :mod:`.checkpoint` / :mod:`.weights`: BFL ⇄ diffusers names, safetensors
   files without torch, loading into and saving from a model.
 - :mod:`.velocity`: :func:`to_velocity_fn`, the model as a velocity field for the samplers.
+- :mod:`.autoencoder` / :mod:`.autoencoder_weights`: the FLUX autoencoder
+  (:class:`AutoencoderKL`: latents to images and back) and its BFL / diffusers checkpoints
+  (:func:`load_autoencoder`, :func:`save_autoencoder`).
 """
 
-from psijax.models.flux import checkpoint, convert, layers, packing, weights
+from psijax.models.flux import (
+    autoencoder,
+    autoencoder_weights,
+    checkpoint,
+    convert,
+    layers,
+    packing,
+    weights,
+)
+from psijax.models.flux.autoencoder import (
+    AUTOENCODER_PRESETS,
+    AutoencoderConfig,
+    AutoencoderKL,
+    autoencoder_preset,
+)
+from psijax.models.flux.autoencoder_weights import load_autoencoder, save_autoencoder
 from psijax.models.flux.config import PRESETS, FluxConfig, preset
 from psijax.models.flux.model import Flux, FluxOptions, Prepared, scale_time
 from psijax.models.flux.packing import (
@@ -36,6 +54,14 @@ from psijax.models.flux.weights import (
 )
 
 __all__ = [
+    "AUTOENCODER_PRESETS",
+    "AutoencoderConfig",
+    "AutoencoderKL",
+    "autoencoder",
+    "autoencoder_preset",
+    "autoencoder_weights",
+    "load_autoencoder",
+    "save_autoencoder",
     "PRESETS",
     "VAE_SCALE",
     "VAE_SHIFT",

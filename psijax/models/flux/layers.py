@@ -24,7 +24,8 @@ import numpy as np
 from flax import nnx
 from jax import Array
 
-from psijax._checks import concrete_value
+from psijax.models._params import constant as _constant
+from psijax.models._params import normal as _normal
 from psijax.models.flux.config import FluxConfig
 
 __all__ = [
@@ -51,20 +52,6 @@ _EPS = 1e-6
 
 Attention = Callable[[Array, Array, Array], Array]
 Mod = tuple[Array, Array, Array]  # (shift, scale, gate)
-
-
-def _normal(rngs: nnx.Rngs, shape, scale: float, dtype) -> Array:
-    """``scale·N(0, 1)`` draws, from numpy when the key is concrete (no compile per shape)."""
-    key = rngs.params()
-    seed = concrete_value(jax.random.key_data(key))
-    if seed is None:  # abstract construction (nnx.eval_shape) or inside a trace
-        return (scale * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
-    draws = np.random.default_rng(seed.astype(np.uint64).ravel().tolist()).standard_normal(shape)
-    return jnp.asarray((scale * draws).astype(np.float32), dtype)
-
-
-def _constant(value: float, shape, dtype) -> Array:
-    return jnp.asarray(np.full(shape, value, np.float32), dtype)
 
 
 class Linear(nnx.Module):

@@ -23,6 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from psijax.models._params import check_finite as _check_finite
+from psijax.models._params import check_keys as _check_keys
+from psijax.models._params import value as _value
 from psijax.models.flux import checkpoint, convert
 from psijax.models.flux.config import FluxConfig
 from psijax.models.flux.model import Flux
@@ -52,10 +55,6 @@ def _bfl_name(path) -> tuple[str, str, bool]:
 def _torch_shape(shape, path) -> tuple[int, ...]:
     # A kernel (…, in, out) is torch's weight (out, in).
     return tuple(shape[:-2]) + (shape[-1], shape[-2]) if path[-1] == "kernel" else tuple(shape)
-
-
-def _value(var):
-    return var.get_value() if hasattr(var, "get_value") else var.value
 
 
 def _flat_params(model_or_state):
@@ -157,44 +156,7 @@ def infer_config(tensors: Mapping[str, object], axes_dim=None) -> FluxConfig:
 
 
 def _check_tensors(tensors: Mapping[str, object], config: FluxConfig) -> None:
-    expected = bfl_keys(config)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} tensor(s): {_some(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} tensor(s): {_some(unexpected)}")
-    for key in sorted(set(expected) & set(tensors)):
-        found = tuple(np.shape(tensors[key]))
-        if found != expected[key]:
-            problems.append(f"`{key}` has shape {found}, expected {expected[key]}")
-        dtype = getattr(tensors[key], "dtype", None)
-        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-            problems.append(f"`{key}` is {dtype} (a parameter must be a floating tensor)")
-    if problems:
-        raise ValueError(f"The checkpoint does not match {config}: " + "; ".join(problems) + ".")
-
-
-def _check_finite(tensors: Mapping[str, object], keys) -> None:
-    """A ``ValueError`` naming every tensor of ``keys`` that holds NaN or inf."""
-    bad = []
-    for key in sorted(keys):
-        value = tensors[key]
-        xp = np if isinstance(value, np.ndarray) else jnp
-        count = int(xp.size(value) - xp.sum(xp.isfinite(value)))
-        if count:
-            bad.append(f"`{key}` ({count} of {xp.size(value)} values)")
-    if bad:
-        raise ValueError(
-            f"The checkpoint holds non-finite values (NaN or inf) in {len(bad)} tensor(s): "
-            f"{_some(bad)}; pass check_finite=False to load it anyway."
-        )
-
-
-def _some(keys, n: int = 5) -> str:
-    shown = ", ".join(f"`{k}`" for k in keys[:n])
-    return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
+    _check_keys(tensors, bfl_keys(config), str(config))
 
 
 def from_tensors(
