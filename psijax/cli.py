@@ -15,6 +15,10 @@
   (:mod:`psijax.experiments.discrete_digits`).
 - ``discrete-words``: the same on the learned English-words model, a seen word classifier and a
   held-out dictionary (:mod:`psijax.experiments.discrete_words`).
+- ``flux``: a sampler on FLUX from local checkpoints, the images scored by an image reward
+  (:mod:`psijax.experiments.flux_images`).
+- ``flux-prompts``: FLUX's text encoders on a list of prompts, once, into the file ``flux``
+  reads (:mod:`psijax.models.flux.prompts`; the optional ``prompts`` extra).
 
 Every command writes its figure (PNG), its results (JSON, and CSV rows) and, for the studies,
 a markdown table into ``--out`` (default ``./psijax-<command>``) and prints their absolute
@@ -1073,6 +1077,354 @@ def _add_bench(commands) -> None:
     bench.set_defaults(run=_bench, check=_check_bench)
 
 
+# -- psijax flux / flux-prompts ------------------------------------------------------------------
+def _add_flux(commands) -> None:
+    cmd = commands.add_parser(
+        "flux",
+        formatter_class=_Formatter,
+        help="align FLUX images with an image reward from local checkpoints (a GPU job)",
+        description=(
+            "Ψ-Sampler (or any sampler) on FLUX from local files: the transformer, its "
+            "autoencoder, a prompt-embeddings file (psijax flux-prompts), and CLIP (with LAION's "
+            "aesthetic head, or the CLIP score). FLUX's time grid, bf16 and remat by default. "
+            "Writes flux_<i>.png (the final particles, best first, with rewards and weights), "
+            "flux.json (every number) and flux.csv (one row per particle) into --out."
+        ),
+    )
+    _add_common_arguments(cmd, "psijax-flux")
+    required = "(default: %(default)s; required)"
+    cmd.add_argument("--transformer", required=True, help=f"FLUX checkpoint {required}")
+    cmd.add_argument(
+        "--autoencoder", required=True, help=f"ae.safetensors or a vae/ folder {required}"
+    )
+    cmd.add_argument("--prompts", required=True, help=f"prompt-embeddings file {required}")
+    cmd.add_argument("--clip", required=True, help=f"CLIP model folder {required}")
+    cmd.add_argument(
+        "--prompt",
+        nargs="+",
+        default=None,
+        help="prompts (text or index) of the file to run (default: %(default)s: all)",
+    )
+    cmd.add_argument(
+        "--reward",
+        choices=("aesthetic", "clip_score"),
+        default="aesthetic",
+        help="the image reward (default: %(default)s)",
+    )
+    cmd.add_argument(
+        "--aesthetic-head",
+        default=None,
+        help="LAION's head (.pth or .safetensors) (default: %(default)s)",
+    )
+    cmd.add_argument(
+        "--method",
+        default="psi_sampler",
+        help="a sampler of psijax.align.SAMPLERS (default: %(default)s)",
+    )
+    cmd.add_argument(
+        "--alpha", type=float, default=0.1, help="reward strength α (default: %(default)s)"
+    )
+    cmd.add_argument(
+        "--nfe-budget", type=int, default=1000, help="NFE per prompt (default: %(default)s)"
+    )
+    cmd.add_argument(
+        "--particles",
+        type=int,
+        default=None,
+        help="N instead of --nfe-budget (default: %(default)s)",
+    )
+    cmd.add_argument("--steps", type=int, default=25, help="denoising steps (default: %(default)s)")
+    cmd.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=[512, 512],
+        metavar=("H", "W"),
+        help="image height and width in pixels (default: %(default)s)",
+    )
+    cmd.add_argument(
+        "--dtype",
+        choices=("bfloat16", "float32"),
+        default="bfloat16",
+        help="compute dtype of the models (default: %(default)s)",
+    )
+    cmd.add_argument("--no-remat", action="store_true", help="keep activations (more memory)")
+    cmd.add_argument(
+        "--particle-chunk",
+        type=int,
+        default=None,
+        help="evaluate at most this many particles at a time (default: %(default)s: all)",
+    )
+    cmd.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="FLUX-dev's guidance scale (default: %(default)s: schnell)",
+    )
+    cmd.add_argument("--seed", type=int, default=0, help="PRNG seed (default: %(default)s)")
+    cmd.add_argument(
+        "--axes-dim",
+        type=int,
+        nargs=3,
+        default=None,
+        help="the transformer's RoPE widths if its head dim is not 128 (default: %(default)s)",
+    )
+    cmd.add_argument(
+        "--all-devices",
+        action="store_true",
+        help="shard the particles over every device (psijax.smc.particle_mesh())",
+    )
+    cmd.set_defaults(run=_flux, check=_check_flux)
+
+
+def _check_flux(args: argparse.Namespace) -> None:
+    for name in ("transformer", "autoencoder", "prompts", "clip", "aesthetic_head"):
+        path = getattr(args, name)
+        if path is not None and not os.path.exists(path):
+            raise SystemExit(f"psijax: --{name.replace('_', '-')} {path}: no such file or folder")
+    if args.reward == "aesthetic" and args.aesthetic_head is None:
+        raise SystemExit("psijax: --reward aesthetic needs --aesthetic-head (LAION's head file)")
+    from psijax.align import SAMPLERS
+
+    if args.method not in SAMPLERS:
+        raise SystemExit(f"psijax: --method {args.method}: choose from {', '.join(SAMPLERS)}")
+    if not args.alpha > 0:
+        raise SystemExit("psijax: --alpha must be > 0")
+    for name in ("nfe_budget", "steps", "particles", "particle_chunk"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise SystemExit(f"psijax: --{name.replace('_', '-')} must be >= 1")
+    if any(s < 16 or s % 16 for s in args.size):
+        raise SystemExit(f"psijax: --size {args.size[0]} {args.size[1]}: multiples of 16 please")
+
+
+def _flux(args: argparse.Namespace) -> int:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from psijax.experiments import flux_images as fi
+
+    os.makedirs(args.out, exist_ok=True)
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    start = time.perf_counter()
+    setup = fi.load(
+        args.transformer,
+        args.autoencoder,
+        args.prompts,
+        args.reward,
+        clip=args.clip,
+        aesthetic_head=args.aesthetic_head,
+        dtype=dtype,
+        axes_dim=None if args.axes_dim is None else tuple(args.axes_dim),
+    )
+    load_s = time.perf_counter() - start
+    prompts = args.prompt or list(setup.embeddings.prompts)
+    prompts = [int(p) if p.isdigit() else p for p in prompts] if args.prompt else prompts
+    options = fi.ImageOptions(
+        height=args.size[0],
+        width=args.size[1],
+        dtype=dtype,
+        remat=not args.no_remat,
+        particle_chunk=args.particle_chunk,
+        guidance=args.guidance,
+    )
+    mesh = None
+    if args.all_devices:
+        from psijax.smc import particle_mesh
+
+        mesh = particle_mesh()
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(prompts), desc=f"flux {args.method}", unit="prompt")
+    runs, rows = [], []
+    for i, prompt in enumerate(prompts):
+        text = setup.embeddings.prompts[setup.embeddings.index(prompt)]
+        out = fi.run(
+            jax.random.key(args.seed),
+            setup,
+            prompt,
+            method=args.method,
+            alpha=args.alpha,
+            nfe_budget=args.nfe_budget,
+            num_particles=args.particles,
+            num_steps=args.steps,
+            options=options,
+            mesh=mesh,
+        )
+        result, order = out["result"], out["order"]
+        rewards = np.asarray(result.rewards, np.float64)
+        log_w = np.asarray(result.log_weights, np.float64)
+        figure = os.path.join(args.out, f"flux_{i}.png")
+        fi.save_grid(
+            out["images"][order],
+            rewards[order],
+            log_w[order],
+            figure,
+            title=f"{args.method}, {args.reward}: {text}",
+        )
+        runs.append(
+            {
+                "prompt": text,
+                "figure": os.path.abspath(figure),
+                "nfe": int(result.nfe),
+                "log_normalizer": float(result.log_normalizer),
+                "ess": float(
+                    np.exp(2 * np.logaddexp.reduce(log_w) - np.logaddexp.reduce(2 * log_w))
+                )
+                if np.isfinite(log_w).any()
+                else 0.0,
+                "rewards": rewards.tolist(),
+                "log_weights": log_w.tolist(),
+                "best_first": order.tolist(),
+                "seconds": out["seconds"],
+            }
+        )
+        rows += [
+            {
+                "prompt": text,
+                "particle": int(j),
+                "rank": int(r),
+                "reward": rewards[j],
+                "log_weight": log_w[j],
+            }
+            for r, j in enumerate(order)
+        ]
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    config = {
+        k: getattr(args, k)
+        for k in (
+            "transformer",
+            "autoencoder",
+            "prompts",
+            "clip",
+            "aesthetic_head",
+            "reward",
+            "method",
+            "alpha",
+            "nfe_budget",
+            "particles",
+            "steps",
+            "size",
+            "dtype",
+            "no_remat",
+            "particle_chunk",
+            "guidance",
+            "seed",
+            "all_devices",
+        )
+    }
+    record = {
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+        "load_seconds": load_s,
+        "seconds": time.perf_counter() - start,
+        "config": config,
+        "runs": runs,
+    }
+    records.write_json(record, os.path.join(args.out, "flux.json"))
+    records.write_csv(rows, os.path.join(args.out, "flux.csv"))
+    for name in [r["figure"] for r in runs] + ["flux.json", "flux.csv"]:
+        print(os.path.abspath(os.path.join(args.out, name)))
+    return 0
+
+
+def _add_flux_prompts(commands) -> None:
+    cmd = commands.add_parser(
+        "flux-prompts",
+        formatter_class=_Formatter,
+        help="run FLUX's text encoders on prompts once, into the file psijax flux reads",
+        description=(
+            "T5 and CLIP-L on each prompt as diffusers' FluxPipeline.encode_prompt runs them "
+            "(needs pip install 'psijax[prompts]'); optionally a full CLIP model's projected text "
+            "embeddings for the CLIP-score reward. Writes prompts.safetensors into --out."
+        ),
+    )
+    _add_common_arguments(cmd, "psijax-flux-prompts")
+    cmd.add_argument("prompts", nargs="+", help="the prompts (default: %(default)s; required)")
+    cmd.add_argument(
+        "--pipeline",
+        default=None,
+        help="a FLUX pipeline folder with text_encoder(_2)/ and tokenizer(_2)/ "
+        "(default: %(default)s: give --t5 and --clip)",
+    )
+    cmd.add_argument("--t5", default=None, help="T5 encoder folder (default: %(default)s)")
+    cmd.add_argument("--clip", default=None, help="CLIP-L text model folder (default: %(default)s)")
+    cmd.add_argument(
+        "--clip-score-model",
+        default=None,
+        help="a full CLIP model folder for the CLIP-score reward (default: %(default)s)",
+    )
+    cmd.add_argument(
+        "--max-length",
+        type=int,
+        default=512,
+        help="T5 tokens: 512 for dev, 256 for schnell (default: %(default)s)",
+    )
+    cmd.add_argument(
+        "--device", default="cpu", help="torch device of the encoders (default: %(default)s)"
+    )
+    cmd.set_defaults(run=_flux_prompts, check=_check_flux_prompts)
+
+
+def _check_flux_prompts(args: argparse.Namespace) -> None:
+    if (args.pipeline is None) == (args.t5 is None and args.clip is None):
+        raise SystemExit("psijax: give --pipeline, or --t5 and --clip")
+    if args.pipeline is None and (args.t5 is None or args.clip is None):
+        raise SystemExit("psijax: --t5 and --clip go together")
+    for name in ("pipeline", "t5", "clip", "clip_score_model"):
+        path = getattr(args, name)
+        if path is not None and not os.path.isdir(path):
+            raise SystemExit(f"psijax: --{name.replace('_', '-')} {path}: no such folder")
+    if args.max_length < 1:
+        raise SystemExit("psijax: --max-length must be >= 1")
+    if len(set(args.prompts)) != len(args.prompts):
+        raise SystemExit("psijax: a prompt is given twice")
+
+
+def _flux_prompts(args: argparse.Namespace) -> int:
+    from psijax.models.flux import prompts as fp
+
+    os.makedirs(args.out, exist_ok=True)
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(args.prompts), desc="text encoders", unit="prompt")
+
+    def progress(done, total):
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    emb = fp.encode_prompts(
+        args.prompts,
+        pipeline=args.pipeline,
+        t5=args.t5,
+        clip=args.clip,
+        clip_score_model=args.clip_score_model,
+        max_length=args.max_length,
+        device=args.device,
+        progress=progress,
+    )
+    if bar is not None:
+        bar.close()
+    path = fp.save_prompt_embeddings(
+        os.path.join(args.out, "prompts.safetensors"),
+        emb.prompts,
+        emb.t5,
+        emb.clip_pooled,
+        emb.clip_text_embeds,
+        encoders=emb.encoders,
+    )
+    print(os.path.abspath(path))
+    return 0
+
+
 def _add_common_arguments(parser, out: str) -> None:
     """--out, --no-progress and --compilation-cache, on every command."""
     parser.add_argument(
@@ -1231,6 +1583,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_discrete_toy(commands)
     _add_discrete_digits(commands)
     _add_discrete_words(commands)
+    _add_flux(commands)
+    _add_flux_prompts(commands)
     return parser
 
 

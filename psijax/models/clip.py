@@ -37,7 +37,7 @@ from jax import Array
 from psijax._checks import check_int
 from psijax.models import _params
 from psijax.models.flux import checkpoint
-from psijax.models.flux.layers import attention
+from psijax.models.flux.layers import Linear, attention
 
 __all__ = [
     "CLIPVisionConfig",
@@ -163,16 +163,6 @@ CLIP_PRESETS = {
 # ----------------------------------------------------------------------------------------------
 # Layers; a parameter named `kernel` is torch's `weight` transposed, any other name is torch's.
 # ----------------------------------------------------------------------------------------------
-class _Linear(nnx.Module):
-    def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs, bias: bool = True):
-        self.kernel = nnx.Param(_params.normal(rngs, (cin, cout), 1 / math.sqrt(cin), jnp.float32))
-        self.bias = nnx.Param(_params.constant(0.0, (cout,), jnp.float32)) if bias else None
-
-    def __call__(self, x: Array) -> Array:
-        y = jnp.dot(x, self.kernel[...].astype(x.dtype))
-        return y if self.bias is None else y + self.bias[...].astype(x.dtype)
-
-
 class _LayerNorm(nnx.Module):
     def __init__(self, width: int, eps: float):
         self.weight = nnx.Param(_params.constant(1.0, (width,), jnp.float32))
@@ -230,10 +220,10 @@ class _Attention(nnx.Module):
     def __init__(self, c: CLIPVisionConfig, *, rngs: nnx.Rngs):
         h = c.hidden_size
         self.heads = c.num_attention_heads
-        self.q_proj = _Linear(h, h, rngs=rngs)
-        self.k_proj = _Linear(h, h, rngs=rngs)
-        self.v_proj = _Linear(h, h, rngs=rngs)
-        self.out_proj = _Linear(h, h, rngs=rngs)
+        self.q_proj = Linear(h, h, rngs=rngs)
+        self.k_proj = Linear(h, h, rngs=rngs)
+        self.v_proj = Linear(h, h, rngs=rngs)
+        self.out_proj = Linear(h, h, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
         b, length, h = x.shape
@@ -244,8 +234,8 @@ class _Attention(nnx.Module):
 
 class _MLP(nnx.Module):
     def __init__(self, c: CLIPVisionConfig, *, rngs: nnx.Rngs):
-        self.fc1 = _Linear(c.hidden_size, c.intermediate_size, rngs=rngs)
-        self.fc2 = _Linear(c.intermediate_size, c.hidden_size, rngs=rngs)
+        self.fc1 = Linear(c.hidden_size, c.intermediate_size, rngs=rngs)
+        self.fc2 = Linear(c.intermediate_size, c.hidden_size, rngs=rngs)
         self.act = c.hidden_act
 
     def __call__(self, x: Array) -> Array:
@@ -294,7 +284,7 @@ class CLIPVision(nnx.Module):
             raise TypeError(f"`config` must be a CLIPVisionConfig, got {type(config).__name__}.")
         self.config = config
         self.vision_model = _VisionTransformer(config, rngs=rngs)
-        self.visual_projection = _Linear(
+        self.visual_projection = Linear(
             config.hidden_size, config.projection_dim, rngs=rngs, bias=False
         )
 

@@ -14,7 +14,6 @@ the parameters (so it passes through ``jit`` as an argument, not as baked-in con
 """
 
 import functools
-import math
 import os
 from typing import Any
 
@@ -28,6 +27,7 @@ from psijax._checks import check_int
 from psijax.models import _params
 from psijax.models.clip import CLIPVision, preprocess
 from psijax.models.flux import checkpoint
+from psijax.models.flux.layers import Linear
 
 __all__ = [
     "AestheticHead",
@@ -42,15 +42,6 @@ __all__ = [
 HEAD_WIDTHS = (1024, 128, 64, 16, 1)
 # Indices of the Linear layers in the torch nn.Sequential (dropouts at 1, 3 and 5).
 _LINEAR_INDICES = (0, 2, 4, 6, 7)
-
-
-class _Linear(nnx.Module):
-    def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(_params.normal(rngs, (cin, cout), 1 / math.sqrt(cin), jnp.float32))
-        self.bias = nnx.Param(_params.constant(0.0, (cout,), jnp.float32))
-
-    def __call__(self, x: Array) -> Array:
-        return jnp.dot(x, self.kernel[...].astype(x.dtype)) + self.bias[...].astype(x.dtype)
 
 
 class AestheticHead(nnx.Module):
@@ -69,7 +60,7 @@ class AestheticHead(nnx.Module):
         widths = (self.input_size, *HEAD_WIDTHS)
         layers: list = [None] * (_LINEAR_INDICES[-1] + 1)
         for i, index in enumerate(_LINEAR_INDICES):
-            layers[index] = _Linear(widths[i], widths[i + 1], rngs=rngs)
+            layers[index] = Linear(widths[i], widths[i + 1], rngs=rngs)
         self.layers = nnx.List(layers)
 
     def __call__(self, embedding: Array) -> Array:

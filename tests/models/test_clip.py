@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from psijax.models import clip  # noqa: E402
+from tests.models._torch_oracle import rerandomize  # noqa: E402
 
 CONFIGS = {
     "quick_gelu": clip.CLIP_PRESETS["tiny"],
@@ -40,19 +41,8 @@ def _hf_config(c: clip.CLIPVisionConfig):
     return transformers.CLIPVisionConfig(**{f: getattr(c, f) for f in fields})
 
 
-def _rerandomize(module, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if name.endswith("bias"):
-                p.copy_(0.1 * noise)
-            elif "layernorm" in name or "layer_norm" in name or "layrnorm" in name:
-                p.copy_(1.0 + 0.2 * noise)
-            elif p.ndim == 1:  # the class token
-                p.copy_(noise)
-            else:
-                p.copy_(noise / np.sqrt(p[0].numel()))
+def _is_norm(name, p):
+    return any(n in name for n in ("layernorm", "layer_norm", "layrnorm"))
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
@@ -60,7 +50,7 @@ def pair(request):
     config = CONFIGS[request.param]
     torch.manual_seed(0)
     oracle = transformers.CLIPVisionModelWithProjection(_hf_config(config)).eval()
-    _rerandomize(oracle, seed=len(request.param))
+    rerandomize(oracle, len(request.param), is_scale=_is_norm)
     state = {k: v.detach().numpy().copy() for k, v in oracle.state_dict().items()}
     model = clip.from_tensors(state, config)
     rng = np.random.default_rng(0)

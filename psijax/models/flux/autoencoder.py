@@ -46,7 +46,7 @@ from jax import Array
 from psijax._checks import check_int
 from psijax.models import _params
 from psijax.models.flux import packing
-from psijax.models.flux.layers import attention, recompute_attention
+from psijax.models.flux.layers import Linear, attention, recompute_attention
 
 __all__ = [
     "AutoencoderConfig",
@@ -200,17 +200,6 @@ class GroupNorm(nnx.Module):
         var = jnp.mean(jnp.square(xf - mean), axis=axes, keepdims=True)
         y = ((xf - mean) * jax.lax.rsqrt(var + _EPS)).reshape(x.shape)
         return (y * self.scale[...].astype(jnp.float32) + self.bias[...]).astype(x.dtype)
-
-
-class Linear(nnx.Module):
-    """``x W + b`` over the channel axis (the attention's projections), ``kernel`` ``(in, out)``."""
-
-    def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(_params.normal(rngs, (cin, cout), 1 / math.sqrt(cin), jnp.float32))
-        self.bias = nnx.Param(_params.constant(0.0, (cout,), jnp.float32))
-
-    def __call__(self, x: Array) -> Array:
-        return jnp.dot(x, self.kernel[...].astype(x.dtype)) + self.bias[...].astype(x.dtype)
 
 
 class ResnetBlock(nnx.Module):

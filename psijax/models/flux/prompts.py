@@ -82,15 +82,26 @@ class PromptEmbeddings(NamedTuple):
         return self.prompts.index(prompt)
 
     def conditioning(
-        self, prompt: str | int, image_height: int, image_width: int, *, guidance=None
+        self,
+        prompt: str | int,
+        image_height: int,
+        image_width: int,
+        *,
+        guidance=None,
+        downsample_factor: int = 8,
     ) -> FluxConditioning:
-        """The :class:`FluxConditioning` of one prompt at ``image_height × image_width`` pixels
-        (multiples of 16); ``guidance`` for FLUX-dev's distilled guidance scale."""
+        """The :class:`FluxConditioning` of one prompt at ``image_height × image_width`` pixels.
+
+        The sizes must be multiples of ``2 · downsample_factor`` (the autoencoder's factor, 8
+        for FLUX's, times the 2×2 packing); ``guidance`` is FLUX-dev's distilled guidance scale.
+        """
         i = self.index(prompt)
+        step = 2 * downsample_factor
         for name, size in (("image_height", image_height), ("image_width", image_width)):
-            if isinstance(size, bool) or not isinstance(size, int) or size < 16 or size % 16:
-                raise ValueError(f"`{name}` must be a positive multiple of 16, got {size!r}.")
-        ids = image_ids(image_height // 8, image_width // 8)  # the latent's size
+            if isinstance(size, bool) or not isinstance(size, int) or size < step or size % step:
+                raise ValueError(f"`{name}` must be a positive multiple of {step}, got {size!r}.")
+        f = downsample_factor
+        ids = image_ids(image_height // f, image_width // f)  # the latent's size
         return conditioning(self.t5[i], self.clip_pooled[i], ids, guidance=guidance)
 
 
@@ -273,7 +284,9 @@ def encode_prompts(
             rows["t5"].append(t5_model(ids, output_hidden_states=False)[0])
             if scorer is not None:
                 tokens = scorer_tok(batch, padding=True, truncation=True, return_tensors="pt")
-                rows["clip_text_embeds"].append(scorer.get_text_features(**tokens.to(device)))
+                features = scorer.get_text_features(**tokens.to(device))
+                # transformers 5 returns an output whose pooler_output is projected; 4 a tensor
+                rows["clip_text_embeds"].append(getattr(features, "pooler_output", features))
             if progress is not None:
                 progress(min(start + batch_size, len(prompts)), len(prompts))
     out = {k: torch.cat(v).float().cpu().numpy() for k, v in rows.items() if v}

@@ -20,6 +20,7 @@ diffusers = pytest.importorskip("diffusers")
 from psijax.models.flux import autoencoder_weights as aw  # noqa: E402
 from psijax.models.flux import checkpoint, packing  # noqa: E402
 from psijax.models.flux.autoencoder import AutoencoderConfig, AutoencoderKL  # noqa: E402
+from tests.models._torch_oracle import rerandomize  # noqa: E402
 
 CONFIGS = {
     "flux_like": (
@@ -49,26 +50,13 @@ def _diffusers_kwargs(config: AutoencoderConfig) -> dict:
     return kwargs
 
 
-def _rerandomize(module, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if name.endswith("bias"):
-                p.copy_(0.1 * noise)
-            elif p.ndim == 1:  # GroupNorm scales
-                p.copy_(1.0 + 0.2 * noise)
-            else:
-                p.copy_(noise / np.sqrt(p[0].numel()))
-
-
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def pair(request):
     """(torch oracle, our model, config, (H, W), inputs as numpy) for one configuration."""
     config, (height, width) = CONFIGS[request.param]
     torch.manual_seed(0)
     oracle = diffusers.AutoencoderKL(**_diffusers_kwargs(config)).eval()
-    _rerandomize(oracle, seed=len(request.param))
+    rerandomize(oracle, len(request.param))
     state = {k: v.detach().numpy().copy() for k, v in oracle.state_dict().items()}
     model = aw.from_tensors(state, config)
     rng = np.random.default_rng(3)

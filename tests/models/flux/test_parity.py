@@ -14,23 +14,11 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 from psijax.models.flux import FluxOptions, from_tensors, preset, scale_time  # noqa: E402
+from tests.models._torch_oracle import rerandomize  # noqa: E402
 
 # diffusers' own unit-test configuration, and the benchmark model.
 CONFIGS = {"tiny": preset("tiny"), "tiny64": preset("tiny64")}
 B, H, W, LT = 2, 8, 6, 7
-
-
-def _rerandomize(module, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if name.endswith("bias"):
-                p.copy_(0.1 * noise)
-            elif p.ndim == 1:  # RMSNorm scales
-                p.copy_(1.0 + 0.2 * noise)
-            else:
-                p.copy_(noise / np.sqrt(p.shape[1]))
 
 
 @pytest.fixture(
@@ -44,7 +32,7 @@ def pair(request):
     config = CONFIGS[name].replace(guidance_embed=guidance)
     torch.manual_seed(0)
     oracle = diffusers.FluxTransformer2DModel(**config.to_diffusers()).eval()
-    _rerandomize(oracle, seed=len(name) + guidance)
+    rerandomize(oracle, len(name) + guidance)
     state = {k: v.detach().numpy().copy() for k, v in oracle.state_dict().items()}
     model = from_tensors(state, config)
 

@@ -141,3 +141,18 @@ def test_bad_files_and_arguments_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a FLUX pipeline folder"):
         fp.encode_prompts(["x"], pipeline=str(tmp_path))
     assert json.loads(json.dumps(list(emb.prompts))) == ["x"]
+
+
+def test_flux_prompts_command_writes_the_file(pipeline_root, tmp_path):
+    from psijax.cli import main
+
+    root, oracle = pipeline_root
+    argv = ["flux-prompts", *PROMPTS[:2], "--pipeline", str(root), "--max-length", "16"]
+    assert main([*argv, "--out", str(tmp_path), "--no-progress"]) == 0
+    emb = fp.load_prompt_embeddings(tmp_path / "prompts.safetensors")
+    with torch.no_grad():
+        t5, pooled, _ = oracle.encode_prompt(PROMPTS[:2], None, max_sequence_length=16)
+    np.testing.assert_allclose(emb.t5, t5.numpy(), atol=1e-5, rtol=1e-5)
+    assert emb.prompts == tuple(PROMPTS[:2])
+    with pytest.raises(SystemExit, match="--pipeline, or --t5 and --clip"):
+        main(["flux-prompts", "x", "--out", str(tmp_path)])
