@@ -16,6 +16,7 @@ from blackjax.types import Array, ArrayLikeTree, ArrayTree, PRNGKey
 __all__ = [
     "accumulation_dtype",
     "chunked_vmap",
+    "static_partial",
     "tree_all_finite",
     "tree_normal",
     "tree_sq_norm",
@@ -93,3 +94,16 @@ def chunked_vmap(fn: Callable, in_axes=0, chunk: int | None = None) -> Callable:
         return jax.lax.map(one, batched, batch_size=chunk)
 
     return chunked
+
+
+@functools.lru_cache(maxsize=256)
+def static_partial(fn: Callable, *static) -> functools.partial:
+    """``functools.partial(fn, *static)``, the same object for equal (hashable) ``static``.
+
+    A ``jax.tree_util.Partial`` compares its function by identity, and its function is part of
+    its tree structure; built on this, two Partials made from equal static parts (graph
+    definitions, options) have equal structures, so ``jit`` reuses the program compiled for the
+    first instead of tracing and compiling again (one compilation for every prompt of a FLUX
+    run, not one each).
+    """
+    return functools.partial(fn, *static)

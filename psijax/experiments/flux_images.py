@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from psijax import align
+from psijax._tree import static_partial
 from psijax.models import clip as clip_models
 from psijax.models import flux
 from psijax.models.flux.prompts import PromptEmbeddings, load_prompt_embeddings
@@ -173,7 +174,7 @@ def problem(
     static = (graphdef, options.height, options.width, jnp.dtype(options.dtype), options.remat)
     # A Partial whose leaves are the autoencoder's parameters and the reward's: passed through
     # jit as arguments (see `run`), never baked into the program as constants.
-    reward_fn = jax.tree_util.Partial(functools.partial(_decode_and_score, static), state, score)
+    reward_fn = jax.tree_util.Partial(static_partial(_decode_and_score, static), state, score)
     shape = (cond.img_ids.shape[0], setup.transformer.config.out_channels)
     return align.RewardProblem(
         velocity_fn, reward_fn, shape, alpha, particle_chunk=options.particle_chunk
@@ -211,41 +212,29 @@ def run(
 
     Returns a dict: ``result`` (the :class:`~psijax.align.AlignmentResult`), ``images``
     ``(N, 3, H, W)`` float32 in about ``[−1, 1]``, ``order`` (particles best first: by weight,
-    then reward), and ``seconds`` (the compiled run and the decoding, each including its
-    compilation).
+    then reward), and ``seconds`` (the run and the decoding; each includes its compilation on
+    the first call only: the programs are kept for the following prompts, whose conditioning
+    enters them as arguments).
     """
     if method not in align.SAMPLERS:
         raise ValueError(f"`method` must be one of {sorted(align.SAMPLERS)}, got {method!r}.")
     pb = problem(setup, prompt, alpha, options)
-    times = grid(setup, num_steps, options)
-    sampler = align.SAMPLERS[method]
-    kwargs = dict(num_steps=None, grid=times, mesh=mesh)
-    kwargs |= (
-        {"nfe_budget": nfe_budget} if num_particles is None else {"num_particles": num_particles}
+    times = tuple(float(t) for t in np.asarray(grid(setup, num_steps, options)))
+    budget = (
+        (("nfe_budget", nfe_budget),)
+        if num_particles is None
+        else (("num_particles", num_particles),)
     )
-
-    def go(key, velocity_fn, reward_fn):  # the models' parameters are arguments, not constants
-        return sampler(
-            key, dataclasses.replace(pb, velocity_fn=velocity_fn, reward_fn=reward_fn), **kwargs
-        )
-
+    go = _compiled_run(method, pb.event_shape, pb.alpha, pb.particle_chunk, times, mesh, budget)
     start = time.perf_counter()
-    result = jax.block_until_ready(jax.jit(go)(key, pb.velocity_fn, pb.reward_fn))
+    result = jax.block_until_ready(go(key, pb.velocity_fn, pb.reward_fn))
     run_s = time.perf_counter() - start
 
-    ae, height, width = setup.autoencoder, options.height, options.width
     chunk = options.particle_chunk or result.samples.shape[0]
-
-    graphdef, state = nnx.split(ae)
-
-    def decode_all(state, xs):
-        model = nnx.merge(graphdef, state)
-        decode = lambda x: model.decode_tokens(x, height, width, dtype=options.dtype)  # noqa: E731
-        return jax.lax.map(decode, xs, batch_size=chunk)
-
+    graphdef, state = nnx.split(setup.autoencoder)
+    decode_all = _compiled_decode(graphdef, options.height, options.width, options.dtype, chunk)
     start = time.perf_counter()
-    images = jax.jit(decode_all)(state, result.samples)
-    images = np.asarray(jax.block_until_ready(images), np.float32)
+    images = np.asarray(jax.block_until_ready(decode_all(state, result.samples)), np.float32)
     decode_s = time.perf_counter() - start
     log_w = np.asarray(result.log_weights, np.float64)
     rewards = np.asarray(result.rewards, np.float64)
@@ -258,6 +247,30 @@ def run(
         "order": order,
         "seconds": {"run": run_s, "decode": decode_s},
     }
+
+
+# The compiled programs are cached by everything that shapes them, so that the prompts of one
+# session (each a different set of conditioning arrays, passed as arguments) compile once.
+@functools.lru_cache(maxsize=8)
+def _compiled_run(method, event_shape, alpha, chunk, times, mesh, budget) -> Callable:
+    sampler = align.SAMPLERS[method]
+    kwargs = dict(budget, num_steps=None, grid=jnp.asarray(times, jnp.float32), mesh=mesh)
+
+    def go(key, velocity_fn, reward_fn):  # the models' parameters are arguments, not constants
+        pb = align.RewardProblem(velocity_fn, reward_fn, event_shape, alpha, particle_chunk=chunk)
+        return sampler(key, pb, **kwargs)
+
+    return jax.jit(go)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_decode(graphdef, height, width, dtype, chunk) -> Callable:
+    def decode_all(state, xs):
+        model = nnx.merge(graphdef, state)
+        decode = lambda x: model.decode_tokens(x, height, width, dtype=dtype)  # noqa: E731
+        return jax.lax.map(decode, xs, batch_size=chunk)
+
+    return jax.jit(decode_all)
 
 
 def save_grid(images, rewards, log_weights, path: str, columns: int = 5, title: str = "") -> str:

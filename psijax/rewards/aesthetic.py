@@ -13,7 +13,6 @@ head. :func:`aesthetic_reward` closes it over the two models as a pure function 
 the parameters (so it passes through ``jit`` as an argument, not as baked-in constants).
 """
 
-import functools
 import os
 from typing import Any
 
@@ -24,6 +23,7 @@ from flax import nnx
 from jax import Array
 
 from psijax._checks import check_int
+from psijax._tree import static_partial
 from psijax.models import _params
 from psijax.models.clip import CLIPVision, preprocess
 from psijax.models.flux import checkpoint
@@ -165,7 +165,7 @@ def aesthetic_score(
 def _score(graphdefs, options, states, images):
     clip = nnx.merge(graphdefs[0], states[0])
     head = nnx.merge(graphdefs[1], states[1])
-    return aesthetic_score(clip, head, images, **options)
+    return aesthetic_score(clip, head, images, **dict(options))
 
 
 def aesthetic_reward(
@@ -186,6 +186,6 @@ def aesthetic_reward(
             f"{clip.config.projection_dim}-wide ones."
         )
     (g1, s1), (g2, s2) = nnx.split(clip), nnx.split(head)
-    options = {"dtype": jnp.dtype(dtype), "remat": bool(remat)}
-    fn = functools.partial(_score, (g1, g2), options)
+    options = (("dtype", jnp.dtype(dtype)), ("remat", bool(remat)))
+    fn = static_partial(_score, (g1, g2), options)
     return jax.tree_util.Partial(fn, (s1, s2))

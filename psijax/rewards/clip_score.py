@@ -7,7 +7,6 @@ prompt-embeddings file of :mod:`psijax.models.flux.prompts`); the image side is
 usual metric clips negative scores to 0; the reward does not, so its gradient never vanishes.
 """
 
-import functools
 from typing import Any
 
 import jax
@@ -15,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import Array
 
+from psijax._tree import static_partial
 from psijax.models.clip import CLIPVision, preprocess
 
 __all__ = ["clip_score", "clip_score_reward"]
@@ -42,7 +42,7 @@ def clip_score(
 
 
 def _score(graphdef, options, state, text_embed, images):
-    return clip_score(nnx.merge(graphdef, state), text_embed, images, **options)
+    return clip_score(nnx.merge(graphdef, state), text_embed, images, **dict(options))
 
 
 def clip_score_reward(
@@ -58,5 +58,5 @@ def clip_score_reward(
             f"`text_embed` must have shape ({tower.config.projection_dim},), got {text.shape}."
         )
     graphdef, state = nnx.split(tower)
-    options = {"dtype": jnp.dtype(dtype), "remat": bool(remat)}
-    return jax.tree_util.Partial(functools.partial(_score, graphdef, options), state, text)
+    options = (("dtype", jnp.dtype(dtype)), ("remat", bool(remat)))
+    return jax.tree_util.Partial(static_partial(_score, graphdef, options), state, text)

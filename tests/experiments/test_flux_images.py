@@ -5,6 +5,7 @@ run with the same seed gives the same numbers."""
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -15,6 +16,14 @@ from psijax.models.flux import checkpoint
 from psijax.models.flux.prompts import save_prompt_embeddings
 from psijax.rewards import AestheticHead
 from psijax.rewards.aesthetic import aesthetic_head_tensors
+
+# Every XLA compilation of this process (jax's monitoring event of a backend compile).
+COMPILES = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, secs, **_: (
+        COMPILES.append(secs) if event == "/jax/core/compile/backend_compile_duration" else None
+    )
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +51,7 @@ def files(tmp_path_factory):
     return root, config
 
 
-def _run(files, out, *extra):
+def _run(files, out, *extra, prompts=("a dog",)):
     root, config = files
     argv = [
         "flux",
@@ -51,7 +60,7 @@ def _run(files, out, *extra):
         "--prompts", str(root / "prompts.safetensors"),
         "--clip", str(root / "clip"),
         "--aesthetic-head", str(root / "head.safetensors"),
-        "--prompt", "a dog",
+        "--prompt", *prompts,
         "--method", "tds",
         "--particles", "4",
         "--steps", "2",
@@ -77,9 +86,15 @@ def test_flux_command_writes_images_and_numbers_and_is_deterministic(files, tmp_
     assert run["prompt"] == "a dog" and len(run["rewards"]) == 4
     assert np.all(np.isfinite(run["rewards"])) and run["nfe"] > 0
     assert sorted(run["best_first"]) == [0, 1, 2, 3]
-    second = _run(files, tmp_path / "b", *cache)
-    assert second["runs"][0]["rewards"] == run["rewards"]
-    assert second["runs"][0]["log_weights"] == run["log_weights"]
+    # both prompts now: the program is compiled once for all of them (the conditioning is an
+    # argument), and the dog's numbers are the first run's
+    after_first = len(COMPILES)
+    second = _run(files, tmp_path / "b", *cache, prompts=("a cat", "a dog"))
+    assert [r["prompt"] for r in second["runs"]] == ["a cat", "a dog"]
+    assert second["runs"][1]["rewards"] == run["rewards"]
+    assert second["runs"][1]["log_weights"] == run["log_weights"]
+    assert second["runs"][0]["rewards"] != run["rewards"]
+    assert COMPILES[after_first:] == []  # nothing compiled again, for either prompt
 
 
 def test_flux_command_refuses_bad_options_before_loading(files, tmp_path, capsys):

@@ -12,7 +12,6 @@ conditioning, so it can be passed through ``jit`` as an argument rather than bak
 constants.
 """
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import Array
 
+from psijax._tree import static_partial
 from psijax.models.flux.model import Flux, FluxOptions
 
 __all__ = ["FluxConditioning", "conditioning", "to_velocity_fn"]
@@ -143,4 +143,4 @@ def to_velocity_fn(model: Flux, cond: FluxConditioning, options: FluxOptions | N
         raise TypeError(f"`options` must be a FluxOptions, got {type(options).__name__}.")
     _check(model, cond)
     graphdef, state = nnx.split(model)
-    return jax.tree_util.Partial(functools.partial(_velocity, graphdef, options), state, cond)
+    return jax.tree_util.Partial(static_partial(_velocity, graphdef, options), state, cond)
