@@ -43,7 +43,13 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import interleaved_median_times, machine, write_csv, write_text  # noqa: E402
+from _common import (  # noqa: E402
+    interleaved_median_times,
+    machine,
+    matmul_flops,
+    write_csv,
+    write_text,
+)
 
 from psijax.experiments import flux_images as fi  # noqa: E402
 from psijax.models import clip  # noqa: E402
@@ -261,7 +267,8 @@ def abstract_setup(param_dtype, smoke: bool):
 
 
 def compile_pass(parts, embeddings, factor, side, n, options):
-    """The compiled reward-and-gradient pass of ``n`` particles at ``side``² pixels."""
+    """The compiled reward-and-gradient pass of ``n`` particles at ``side``² pixels, the
+    seconds its compilation took and its matrix-product FLOPs (:func:`_common.matmul_flops`)."""
     graphdefs = [g for g, _ in parts]
 
     def step(states, xs, t):
@@ -275,14 +282,11 @@ def compile_pass(parts, embeddings, factor, side, n, options):
 
     tokens = (side // (2 * factor)) ** 2  # the autoencoder's factor and the 2×2 packing
     spec = jax.ShapeDtypeStruct
-    states = [s for _, s in parts]
+    arguments = ([s for _, s in parts], spec((n, tokens, 64), jnp.float32), spec((), jnp.float32))
     start = time.perf_counter()
-    compiled = (
-        jax.jit(step)
-        .lower(states, spec((n, tokens, 64), jnp.float32), spec((), jnp.float32))
-        .compile()
-    )
-    return compiled, time.perf_counter() - start
+    compiled = jax.jit(step).lower(*arguments).compile()
+    seconds = time.perf_counter() - start
+    return compiled, seconds, matmul_flops(jax.make_jaxpr(step)(*arguments))
 
 
 def memory_in_child(args) -> list[dict]:
@@ -309,6 +313,7 @@ def memory(args) -> list[dict]:
         (jnp.float32, large, 5, True, None),
         (jnp.float32, large, 20, True, None),
         (jnp.float32, large, 20, True, 5),
+        (jnp.float32, large, 20, True, 1),
         (jnp.bfloat16, small, 20, True, None),
     ]
     if args.quick:
@@ -319,7 +324,7 @@ def memory(args) -> list[dict]:
             cache[dtype] = abstract_setup(dtype, args.smoke)
         parts, embeddings, ae_cfg, _ = cache[dtype]
         options = fi.ImageOptions(side, side, dtype=dtype, remat=remat, particle_chunk=chunk)
-        compiled, seconds = compile_pass(
+        compiled, seconds, flops = compile_pass(
             parts, embeddings, ae_cfg.downsample_factor, side, n, options
         )
         m = compiled.memory_analysis()
@@ -343,6 +348,7 @@ def memory(args) -> list[dict]:
             if dtype == jnp.float32
             else float("nan"),
             "compile_s": seconds,
+            "gflop_per_particle": flops / n / 1e9,
         }
         print(row, flush=True)
         rows.append(row)
@@ -456,16 +462,68 @@ def speed_table(rows) -> str:
 def memory_table(rows) -> str:
     lines = [
         "| weights & compute | image | particles | remat | chunk | weights GiB | temp GiB "
-        "| **GPU estimate GiB** | compile s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| **GPU estimate GiB** | TFLOP / particle | compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['dtype']} | {r['image']} | {r['particles']} | {r['remat']} | "
             f"{r['particle_chunk'] or '–'} | {r['argument_gib']:.1f} | {r['temp_gib']:.1f} | "
-            f"**{_f(r['gpu_estimate_gib'], '.1f')}** | {r['compile_s']:.0f} |"
+            f"**{_f(r['gpu_estimate_gib'], '.1f')}** | "
+            f"{_f(r.get('gflop_per_particle', float('nan')) / 1e3, '.2f')} | "
+            f"{r['compile_s']:.0f} |"
         )
     return "\n".join(lines)
+
+
+H100_BF16_TFLOPS = 989.0
+"""Dense bf16 peak of an H100 SXM (and of an H200: the same chip), TFLOP/s."""
+
+
+def compute_floor(rows, nfe: int = 1000, target_s: float = 120.0) -> str:
+    """The GPU time the paper's budget needs at the chip's peak: ``nfe`` reward-and-gradient
+    passes of one particle, with the matrix products' FLOPs of the traced pass (the same in
+    float32 and bf16); with remat the forward is counted twice, as it runs."""
+    per_image = {}
+    for r in rows:
+        if r["dtype"] == "float32" and not r["particle_chunk"] and r["particles"] == 20:
+            per_image.setdefault(r["image"], {})[r["remat"]] = r["gflop_per_particle"] * 1e9
+    lines = []
+    for image, flops in per_image.items():
+        peak = H100_BF16_TFLOPS * 1e12
+        line = f"{image}: {flops[True] / 1e12:.1f} TFLOP per particle and pass with remat"
+        if False in flops:
+            line += f" ({flops[False] / 1e12:.1f} without)"
+        seconds = nfe * flops[True] / peak
+        line += (
+            f", so {nfe:,} NFE take {seconds:.0f} s at the {H100_BF16_TFLOPS:.0f} TFLOP/s bf16 "
+            f"peak of an H100 and {target_s:.0f} s need {100 * seconds / target_s:.0f} % of it"
+        )
+        lines.append(line)
+    if not lines:
+        return ""
+    return (
+        "Compute floor of one Ψ-Sampler run (every NFE is a forward and an input-gradient pass "
+        "through transformer, decoder and CLIP; matrix products and convolutions only, every "
+        "scanned block counted): " + "; ".join(lines) + "."
+    )
+
+
+def fit_summary(rows, gpu_gib: float = 80.0) -> str:
+    """Which measured configurations fit one ``gpu_gib`` GPU by the estimate."""
+    fits = [
+        f"{r['image']} × {r['particles']}"
+        + (f" (chunk {r['particle_chunk']})" if r["particle_chunk"] else "")
+        + ("" if r["remat"] else " without remat")
+        for r in rows
+        if r["gpu_estimate_gib"] <= gpu_gib  # NaN (bf16 rows) compares False
+    ]
+    return (
+        f"Fit one {gpu_gib:.0f} GB GPU by the estimate: "
+        + ("; ".join(fits) if fits else "none")
+        + ". Memory grows with the particles evaluated at once, so `particle_chunk` bounds it "
+        "whatever N is."
+    )
 
 
 def gpu_table(rows) -> str:
@@ -544,7 +602,9 @@ def main():
         + "## Speed on this CPU (float32, medians after compilation, interleaved)\n\n"
         "Decode a latent with the autoencoder, score the image with LAION's aesthetic head on "
         "CLIP (resize, normalise, embed), forward alone and forward + backward to the latent. "
-        f"Torch uses {rows[0]['torch_threads']} threads.\n\n" + speed_table(rows)
+        f"Torch uses {rows[0]['torch_threads']} threads. With random weights the head's "
+        "output is dominated by its last bias, so the rewards agree almost to the last bit; "
+        "the gradient's column is the informative one.\n\n" + speed_table(rows)
     )
     if mem:
         text += (
@@ -560,6 +620,10 @@ def main():
             "the GPU estimate is the float32 compile's temporaries and outputs plus the weights "
             "in bf16 (an upper bound: bf16 activations are at most as large).\n\n"
             + memory_table(mem)
+            + "\n\n"
+            + fit_summary(mem)
+            + "\n\n"
+            + compute_floor(mem)
             + "\n"
         )
     text += "\n" + json.dumps({"repeats": args.repeats, "seed": args.seed}) + "\n"
