@@ -32,6 +32,8 @@ from _common import RESULTS, machine, write_csv, write_text  # noqa: E402
 from psijax.experiments import toy, toy_report  # noqa: E402
 
 PRESETS = ("six_modes_mixture", "unequal_rare_modes")
+MODELS = ("exact", "reflow")
+"""The models of the study (``toy.MODELS`` also has the distilled and oracle models)."""
 SMALL_BUDGET, LARGE_BUDGET = 1000, 4000
 LARGE_METHODS = (
     "psi_sampler",
@@ -108,7 +110,7 @@ def _study(args) -> tuple:
     settings = [
         toy.build_setting(p, m, jax.random.key(1), occupancy_size=args.occupancy_size)
         for p in presets
-        for m in toy.MODELS
+        for m in MODELS
     ]
     blocks = [(SMALL_BUDGET, QUICK_METHODS if args.quick else toy.default_methods())]
     if not args.quick:

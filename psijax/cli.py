@@ -180,7 +180,7 @@ def _toy(args: argparse.Namespace) -> int:
         )
         for preset in presets
         for model in args.models
-        if model == "exact" or preset in toy.REFLOW_DATA
+        if model in ("exact", "oracle") or preset in toy.REFLOW_DATA
     ]
     try:
         rows, particles, timings = toy.run_study(
@@ -1015,14 +1015,17 @@ def _add_toy(commands, name: str, presets: str, methods: str, help_text: str) ->
         "--preset",
         default=presets,
         help="comma-separated names of psijax.models.presets.TOY_PROBLEMS, or 'all'; the "
-        "reflow model exists for six_modes_mixture, six_modes_quadratic and unequal_rare_modes "
-        "(with 'all', the others run the exact model only) (default: %(default)s)",
+        "reflow and distilled models exist for six_modes_mixture, six_modes_quadratic and "
+        "unequal_rare_modes (with 'all', the others run the exact and oracle models only) "
+        "(default: %(default)s)",
     )
     toy.add_argument(
         "--models",
         default="exact,reflow",
         type=lambda text: list(_names(text)),
-        help="comma-separated: exact, reflow (default: %(default)s)",
+        help="comma-separated: exact, reflow, distilled (the re-noising kernel on a learned "
+        "distilled model), oracle (the same on the exact flow map; an ODE solve per "
+        "evaluation) (default: %(default)s)",
     )
     toy.add_argument(
         "--methods",
@@ -1161,6 +1164,14 @@ def _add_flux(commands) -> None:
         default=None,
         help="FLUX-dev's guidance scale (default: %(default)s: schnell)",
     )
+    cmd.add_argument(
+        "--transition",
+        choices=("auto", "renoising", "sde"),
+        default="auto",
+        help="the kernel between denoising steps: re-noise the one-step prediction (exact for "
+        "a timestep-distilled model such as schnell) or the stochastic sampler (a flow such as "
+        "dev); auto picks by the model's guidance embedding (default: %(default)s)",
+    )
     cmd.add_argument("--seed", type=int, default=0, help="PRNG seed (default: %(default)s)")
     cmd.add_argument(
         "--axes-dim",
@@ -1228,6 +1239,7 @@ def _flux(args: argparse.Namespace) -> int:
         remat=not args.no_remat,
         particle_chunk=args.particle_chunk,
         guidance=args.guidance,
+        transition=args.transition,
     )
     mesh = None
     if args.all_devices:
@@ -1315,6 +1327,7 @@ def _flux(args: argparse.Namespace) -> int:
             "no_remat",
             "particle_chunk",
             "guidance",
+            "transition",
             "seed",
             "all_devices",
         )
@@ -1322,6 +1335,7 @@ def _flux(args: argparse.Namespace) -> int:
     record = {
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
+        "transition": fi.transition(setup, options),
         "load_seconds": load_s,
         "seconds": time.perf_counter() - start,
         "config": config,
@@ -1488,10 +1502,13 @@ def _check_toy(args: argparse.Namespace) -> None:
     for name in ("budget", "steps", "seeds", "occupancy_size"):
         if getattr(args, name) < 1:
             raise SystemExit(f"psijax: --{name.replace('_', '-')} must be >= 1")
-    bad = [m for m in args.models if m not in ("exact", "reflow")]
+    from psijax.experiments.toy import MODELS, REFLOW_DATA
+
+    bad = [m for m in args.models if m not in MODELS]
     if bad or not args.models:
-        raise SystemExit(f"psijax: --models must be a subset of exact,reflow, got {bad or 'none'}")
-    from psijax.experiments.toy import REFLOW_DATA
+        raise SystemExit(
+            f"psijax: --models must be a subset of {','.join(MODELS)}, got {bad or 'none'}"
+        )
     from psijax.models.presets import TOY_PROBLEMS
 
     presets = _presets(args)
@@ -1501,12 +1518,13 @@ def _check_toy(args: argparse.Namespace) -> None:
             f"psijax: --preset must name some of {', '.join(TOY_PROBLEMS)} or 'all', "
             f"got {unknown or 'none'}"
         )
-    if "reflow" in args.models and args.preset.strip() != "all":
+    learned = [m for m in args.models if m in ("reflow", "distilled")]
+    if learned and args.preset.strip() != "all":
         missing = [p for p in presets if p not in REFLOW_DATA]
         if missing:
             raise SystemExit(
-                f"psijax: --preset {', '.join(missing)} has no reflow model; use "
-                f"{', '.join(REFLOW_DATA)} or --models exact"
+                f"psijax: --preset {', '.join(missing)} has no {learned[0]} model; use "
+                f"{', '.join(REFLOW_DATA)} or --models exact (or oracle)"
             )
     _demo_methods(args)  # checks --methods against --budget and --steps
     from psijax.models.presets import toy_problem

@@ -53,10 +53,10 @@ from jax.sharding import Mesh
 
 from psijax._checks import check_int, check_real, concrete_value
 from psijax._deprecation import deprecated
-from psijax.align.problem import RewardProblem, check_problem
+from psijax.align.problem import RewardProblem, check_problem, sampler_transition
 from psijax.align.proposals import PROPOSALS, ProposalInputs, Twisted, check_proposal
 from psijax.align.result import AlignmentResult
-from psijax.flows.sde import Transition, check_diffusion, denoising_grid, transition_from_velocity
+from psijax.flows.sde import Transition, denoising_grid, transition_from_velocity
 from psijax.smc import feynman_kac
 from psijax.smc.feynman_kac import SMCInfo, normalized_log_weights
 from psijax.smc.potentials import POTENTIALS, Difference, weigh
@@ -128,7 +128,7 @@ def run_smc(
     initial_log_weights: ArrayLike | None = None,
     *,
     grid: ArrayLike,
-    diffusion,
+    diffusion=None,
     proposal=None,
     potential=None,
     schedule: ArrayLike | None = None,
@@ -157,7 +157,10 @@ def run_smc(
     grid
         Concrete times ``1 = t_0 > … > t_T = 0``, ``T ≥ 1``.
     diffusion
-        The sampler's :class:`psijax.flows.sde.Diffusion` (the untwisted kernel ``p``).
+        The untwisted kernel ``p``: a :class:`psijax.flows.sde.Diffusion` or
+        :class:`psijax.flows.distilled.Renoising`; ``None``: the problem's ``transition``,
+        else :func:`~psijax.flows.sde.reference_diffusion`
+        (:func:`psijax.align.problem.sampler_transition`).
     proposal
         A proposal of :mod:`psijax.align.proposals` (default ``Twisted()``) or any callable
         ``(rng_key, ProposalInputs) -> (x', log_p_minus_q)``.
@@ -199,7 +202,7 @@ def run_smc(
 
     """
     check_problem(problem)
-    check_diffusion(diffusion)
+    diffusion = sampler_transition(problem, diffusion)
     proposal = check_proposal(_part(proposal, PROPOSALS, Twisted, "proposal"))
     potential = _part(potential, POTENTIALS, Difference, "potential")
     if not (

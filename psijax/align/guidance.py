@@ -75,14 +75,17 @@ from jax.sharding import Mesh
 from psijax._checks import check_int, check_real
 from psijax._tree import tree_normal
 from psijax.align.predictors import Tweedie
-from psijax.align.problem import RewardProblem, check_problem, with_particle_chunk
+from psijax.align.problem import (
+    RewardProblem,
+    check_problem,
+    sampler_transition,
+    with_particle_chunk,
+)
 from psijax.align.result import AlignmentResult, SamplerInfo
 from psijax.flows.interpolant import renoise
 from psijax.flows.sde import (
     Diffusion,
-    check_diffusion,
     denoising_grid,
-    reference_diffusion,
     step,
     transition_from_velocity,
 )
@@ -142,7 +145,8 @@ def dps(
     normalize
         Divide the gradient by ``|r_t| + ε`` (the reference lab's normalized DPS).
     diffusion
-        The sampler's :class:`psijax.flows.sde.Diffusion`; default
+        The sampler's kernel (a :class:`psijax.flows.sde.Diffusion` or
+        :class:`psijax.flows.distilled.Renoising`); default: the problem's ``transition``, else
         :func:`psijax.flows.sde.reference_diffusion` (``g(t) = t(2 − t)``, the stochastic
         sampler of the paper's baselines). :func:`psijax.flows.sde.ode_diffusion` gives DPS on
         the Euler ODE.
@@ -293,7 +297,7 @@ def best_of_n(
     grid = denoising_grid(num_steps, grid)
     times = jnp.asarray(grid, jnp.float32)
     n = _particle_count(num_particles, nfe_budget, grid.shape[0] - 1, mesh)
-    diffusion = _resolve_diffusion(diffusion)
+    diffusion = sampler_transition(problem, diffusion)
 
     def one(key, y, t, t_next):
         return step(key, problem.velocity_fn, y, t, t_next, diffusion)[0]
@@ -337,7 +341,7 @@ def _guided_sampler(
     repeats = np.where(in_window, num_repeats, 0).astype(np.int32)
     per_particle = int(repeats.size + repeats.sum())  # guided steps of one particle
     n = _particle_count(num_particles, nfe_budget, per_particle, mesh, problem=problem)
-    diffusion = _resolve_diffusion(diffusion)
+    diffusion = sampler_transition(problem, diffusion)
     check_real(guidance_scale, "guidance_scale", ge=0.0)  # a traced ζ is used unchecked
     scale = guidance_scale
     if not isinstance(normalize, (bool, np.bool_)):
@@ -476,10 +480,6 @@ def _particle_count(num_particles, nfe_budget, per_particle: int, mesh, *, probl
         origin = f" (from nfe_budget={nfe_budget})"
     check_divisible(check_mesh(mesh), n, "num_particles", origin)
     return n
-
-
-def _resolve_diffusion(diffusion) -> Diffusion:
-    return reference_diffusion() if diffusion is None else check_diffusion(diffusion)
 
 
 def _check_window(window) -> tuple[float, float]:

@@ -24,8 +24,9 @@ from blackjax.types import Array, ArrayLike
 from psijax._checks import check_int, check_real
 from psijax._deprecation import deprecated
 from psijax.align.predictors import FlowMap, Predictor, Tweedie, as_predictor
+from psijax.flows.sde import check_diffusion, reference_diffusion
 
-__all__ = ["RewardProblem", "check_problem", "with_particle_chunk"]
+__all__ = ["RewardProblem", "check_problem", "with_particle_chunk", "sampler_transition"]
 
 _PREDICTOR_NAMES = {"tweedie": Tweedie, "flow_map": FlowMap}
 
@@ -62,6 +63,16 @@ class RewardProblem:
         particle count; the results are the same as unchunked. ``None`` (default): all at once.
         Every sampler and initial stage honours it except :class:`~psijax.align.Tempered`, which
         refuses it (BlackJAX's tempered SMC maps over all particles itself).
+    transition
+        The model's kernel between denoising steps, used by every sampler on this problem:
+        ``None`` (default: the sampler's ``diffusion=``, whose default is
+        :func:`~psijax.flows.sde.reference_diffusion`), a
+        :class:`~psijax.flows.sde.Diffusion`, or
+        :class:`~psijax.flows.distilled.Renoising` for a distilled (few-step) model such as
+        FLUX-schnell or a reflowed model, whose stochastic sampler would not keep the model's
+        distribution (psijax/flows/distilled.py). Which kernel is exact depends on how the
+        model was trained, so it is part of the problem; a sampler then refuses a different
+        ``diffusion=``.
 
     Raises
     ------
@@ -77,6 +88,7 @@ class RewardProblem:
     x0_predictor: Predictor | Callable = Tweedie()
     flow_map_options: Mapping | None = None
     particle_chunk: int | None = None
+    transition: object = None
 
     def __post_init__(self):
         if not callable(self.velocity_fn):
@@ -92,6 +104,8 @@ class RewardProblem:
             raise ValueError(f"`event_shape` must be a tuple of positive ints, got {shape!r}.")
         if self.particle_chunk is not None:
             check_int(self.particle_chunk, "particle_chunk")
+        if self.transition is not None:
+            check_diffusion(self.transition, "transition")
         alpha = check_real(self.alpha, "alpha", gt=0.0)
         if alpha is None:
             raise ValueError("`alpha` must be concrete (not traced).")
@@ -224,6 +238,20 @@ def check_problem(problem) -> RewardProblem:
     if not isinstance(problem, RewardProblem):
         raise TypeError(f"`problem` must be a RewardProblem, got {type(problem).__name__}.")
     return problem
+
+
+def sampler_transition(problem: RewardProblem, diffusion=None):
+    """The kernel a sampler's steps use: the problem's ``transition`` when it has one (then a
+    different ``diffusion`` is a ``ValueError``), else ``diffusion``, by default
+    :func:`~psijax.flows.sde.reference_diffusion`."""
+    if problem.transition is not None:
+        if diffusion is not None and diffusion != problem.transition:
+            raise ValueError(
+                f"The problem fixes its transition ({problem.transition!r}); do not pass a "
+                f"different `diffusion` ({diffusion!r}) to the sampler."
+            )
+        return problem.transition
+    return reference_diffusion() if diffusion is None else check_diffusion(diffusion)
 
 
 def with_particle_chunk(problem: RewardProblem, particle_chunk: int | None) -> RewardProblem:

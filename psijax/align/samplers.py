@@ -74,12 +74,17 @@ from psijax.align.guidance import (
     freedom,
 )
 from psijax.align.predictors import as_predictor
-from psijax.align.problem import RewardProblem, check_problem, with_particle_chunk
+from psijax.align.problem import (
+    RewardProblem,
+    check_problem,
+    sampler_transition,
+    with_particle_chunk,
+)
 from psijax.align.proposals import Bootstrap, Twisted
 from psijax.align.result import AlignmentResult, SamplerInfo
 from psijax.align.stages import InitialStage, Prior, TopK
 from psijax.align.tempered import Tempered
-from psijax.flows.sde import Diffusion, check_diffusion, denoising_grid, reference_diffusion
+from psijax.flows.sde import Diffusion, denoising_grid
 from psijax.mcmc.api import pcn, ula
 from psijax.smc.potentials import Difference, Max, Potential
 from psijax.smc.sharding import check_divisible, check_mesh
@@ -233,8 +238,9 @@ def smc(
         ``T`` uniform steps from 1 to 0 (default 25), or a concrete ``grid`` (then ``num_steps``
         must be ``None`` or ``len(grid) − 1``).
     diffusion
-        The SMC's :class:`~psijax.flows.sde.Diffusion`; default
-        :func:`~psijax.flows.sde.reference_diffusion` (``g = t(2 − t)``).
+        The SMC's kernel, a :class:`~psijax.flows.sde.Diffusion` or
+        :class:`~psijax.flows.distilled.Renoising`; default: the problem's ``transition``,
+        else :func:`~psijax.flows.sde.reference_diffusion` (``g = t(2 − t)``).
     init
         The initial stage (:mod:`psijax.align.stages`): ``Prior()``, ``TopK(...)``,
         ``Chains(kernel, ...)``, ``Tempered(...)`` or a user's.
@@ -281,7 +287,7 @@ def smc(
         )
     times = denoising_grid(num_steps, grid)
     num_steps = times.shape[0] - 1
-    diffusion = reference_diffusion() if diffusion is None else check_diffusion(diffusion)
+    diffusion = sampler_transition(problem, diffusion)
     num_particles = count_or_budget(num_particles, nfe_budget, problem)
     if num_particles is None:  # from the budget
         if init.adaptive_cost:

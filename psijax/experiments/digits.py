@@ -286,13 +286,18 @@ def heldout_metric(models: DigitsModels, task: Task, images) -> jax.Array:
     return box_iou(images, task.box)
 
 
-def make_problem(models: DigitsModels, task_name: str, param, alpha: float) -> RewardProblem:
-    """The unconditional prior with the seen reward of ``param`` (Tweedie)."""
+def make_problem(
+    models: DigitsModels, task_name: str, param, alpha: float, transition=None
+) -> RewardProblem:
+    """The unconditional prior with the seen reward of ``param`` (Tweedie); ``transition`` is
+    the kernel between denoising steps (``None``: the samplers' stochastic one;
+    :class:`psijax.flows.distilled.Renoising` re-noises the one-step prediction)."""
     return RewardProblem(
         digits.velocity_fn(models.flow, digits.NULL_CLASS),
         seen_reward(models, task_name, param),
         (16, 4),
         alpha,
+        transition=transition,
     )
 
 
@@ -400,11 +405,12 @@ def run_method(
     seeds: int = 5,
     flow_map_steps: int | None = FLOW_MAP_STEPS,
     on_run: Callable | None = None,
+    transition=None,
 ) -> MethodRun:
     """Run ``method`` on every task of ``tasks`` (all of one kind and ``α``) for ``seeds`` seeds
     at the NFE budget ``budget`` (:func:`method_options`); one compilation. ``on_run(task,
     seed)`` is called after each run (progress bars). Seed ``s`` uses ``jax.random.key(s)`` for
-    every target."""
+    every target. ``transition``: the kernel between steps (:func:`make_problem`)."""
     method = parse_method(method) if isinstance(method, str) else method
     kinds = {(t.name, t.alpha) for t in tasks}
     if len(kinds) != 1:
@@ -414,7 +420,7 @@ def run_method(
     sampler = SAMPLERS[method.sampler]
 
     def one(key, param):
-        problem = make_problem(models, name, param, alpha)
+        problem = make_problem(models, name, param, alpha, transition)
         return sampler(key, problem, num_steps=num_steps, **options)
 
     run = jax.jit(one, compiler_options=FAST_COMPILE)

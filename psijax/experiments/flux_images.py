@@ -9,7 +9,11 @@ A run composes parts that exist elsewhere and adds no sampler code:
   reward scores it (:mod:`psijax.rewards`: LAION's aesthetic predictor, or the CLIP score);
 - any named sampler of :data:`psijax.align.SAMPLERS` (Ψ-Sampler by default) on FLUX's time grid
   (dev's shifted grid when the model embeds guidance, schnell's uniform one otherwise), in
-  bfloat16 with rematerialisation, ``particle_chunk`` and ``mesh`` passed through.
+  bfloat16 with rematerialisation, ``particle_chunk`` and ``mesh`` passed through;
+- the kernel between denoising steps (:func:`transition`): FLUX-schnell is timestep-distilled,
+  so its steps re-noise the one-step prediction (:class:`psijax.flows.distilled.Renoising`,
+  which keeps a distilled model's distribution); FLUX-dev, a flow whose velocity is a
+  conditional mean, takes the stochastic sampler of :mod:`psijax.flows.sde`.
 
 :func:`load` reads every file; :func:`run` aligns one prompt and decodes the final particles;
 :func:`save_grid` writes them best first. ``psijax flux`` is the command-line front end.
@@ -27,6 +31,7 @@ from flax import nnx
 
 from psijax import align
 from psijax._tree import static_partial
+from psijax.flows.distilled import Renoising
 from psijax.models import clip as clip_models
 from psijax.models import flux
 from psijax.models.flux.prompts import PromptEmbeddings, load_prompt_embeddings
@@ -36,10 +41,23 @@ from psijax.rewards import (
     load_aesthetic_head,
 )
 
-__all__ = ["REWARDS", "FluxSetup", "ImageOptions", "load", "problem", "grid", "run", "save_grid"]
+__all__ = [
+    "REWARDS",
+    "TRANSITIONS",
+    "FluxSetup",
+    "ImageOptions",
+    "load",
+    "problem",
+    "transition",
+    "grid",
+    "run",
+    "save_grid",
+]
 
 #: The image rewards a run can use.
 REWARDS = ("aesthetic", "clip_score")
+#: The kernels between denoising steps a run can use (:func:`transition`).
+TRANSITIONS = ("auto", "renoising", "sde")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +107,10 @@ class ImageOptions:
         Evaluate at most this many particles at a time (memory bounded by the chunk).
     guidance
         FLUX-dev's distilled guidance scale (``None`` for schnell).
+    transition
+        The kernel between denoising steps, one of :data:`TRANSITIONS` (:func:`transition`):
+        ``"auto"`` (default) re-noises for a timestep-distilled model (no guidance embedding:
+        schnell) and takes the stochastic sampler otherwise (dev).
     """
 
     height: int = 512
@@ -98,6 +120,11 @@ class ImageOptions:
     attention: str = "auto"
     particle_chunk: int | None = None
     guidance: float | None = None
+    transition: str = "auto"
+
+    def __post_init__(self):
+        if self.transition not in TRANSITIONS:
+            raise ValueError(f"`transition` must be one of {TRANSITIONS}, got {self.transition!r}.")
 
 
 def load(
@@ -177,8 +204,29 @@ def problem(
     reward_fn = jax.tree_util.Partial(static_partial(_decode_and_score, static), state, score)
     shape = (cond.img_ids.shape[0], setup.transformer.config.out_channels)
     return align.RewardProblem(
-        velocity_fn, reward_fn, shape, alpha, particle_chunk=options.particle_chunk
+        velocity_fn,
+        reward_fn,
+        shape,
+        alpha,
+        particle_chunk=options.particle_chunk,
+        transition=_KERNELS[transition(setup, options)],
     )
+
+
+_KERNELS = {"renoising": Renoising(), "sde": None}  # None: the samplers' default SDE
+
+
+def transition(setup: FluxSetup, options: ImageOptions) -> str:
+    """The kernel of a run's denoising steps, ``"renoising"`` or ``"sde"``.
+
+    ``options.transition = "auto"``: ``"renoising"`` for a model without a guidance embedding
+    (FLUX-schnell, timestep-distilled: its one-step prediction is a sample, and
+    :class:`~psijax.flows.distilled.Renoising` keeps its distribution), ``"sde"`` for one with it
+    (FLUX-dev: the stochastic sampler of :mod:`psijax.flows.sde`, ``g(t) = t(2 − t)``).
+    """
+    if options.transition != "auto":
+        return options.transition
+    return "sde" if setup.transformer.config.guidance_embed else "renoising"
 
 
 def _decode_and_score(static, state, score, x):
@@ -225,7 +273,10 @@ def run(
         if num_particles is None
         else (("num_particles", num_particles),)
     )
-    go = _compiled_run(method, pb.event_shape, pb.alpha, pb.particle_chunk, times, mesh, budget)
+    kernel = transition(setup, options)
+    go = _compiled_run(
+        method, pb.event_shape, pb.alpha, pb.particle_chunk, kernel, times, mesh, budget
+    )
     start = time.perf_counter()
     result = jax.block_until_ready(go(key, pb.velocity_fn, pb.reward_fn))
     run_s = time.perf_counter() - start
@@ -252,12 +303,19 @@ def run(
 # The compiled programs are cached by everything that shapes them, so that the prompts of one
 # session (each a different set of conditioning arrays, passed as arguments) compile once.
 @functools.lru_cache(maxsize=8)
-def _compiled_run(method, event_shape, alpha, chunk, times, mesh, budget) -> Callable:
+def _compiled_run(method, event_shape, alpha, chunk, kernel, times, mesh, budget) -> Callable:
     sampler = align.SAMPLERS[method]
     kwargs = dict(budget, num_steps=None, grid=jnp.asarray(times, jnp.float32), mesh=mesh)
 
     def go(key, velocity_fn, reward_fn):  # the models' parameters are arguments, not constants
-        pb = align.RewardProblem(velocity_fn, reward_fn, event_shape, alpha, particle_chunk=chunk)
+        pb = align.RewardProblem(
+            velocity_fn,
+            reward_fn,
+            event_shape,
+            alpha,
+            particle_chunk=chunk,
+            transition=_KERNELS[kernel],
+        )
         return sampler(key, pb, **kwargs)
 
     return jax.jit(go)

@@ -9,7 +9,16 @@ model of the data:
   ``N(0, I)`` (docs/algorithms.md §3); only the flow-map predictor makes the initial stage
   reward-aware, at the cost of an ODE solve per evaluation.
 - ``"reflow"``: a shipped reflowed MLP (:func:`psijax.models.reflow.load_reflow`) whose one-step
-  prediction is sharp, the toy analog of timestep-distilled FLUX-schnell.
+  prediction at ``t = 1`` is sharp. It predicts the flow map only on its own coupling's
+  marginals, so neither kernel keeps its distribution exactly; it runs with the stochastic
+  sampler, as in the paper's code.
+- ``"distilled"``: a shipped distilled MLP (:func:`psijax.models.distilled.load_distilled`),
+  whose one-step prediction is the flow map at every ``t``: the toy analog of
+  timestep-distilled FLUX-schnell, run with the re-noising kernel
+  (:class:`psijax.flows.distilled.Renoising`, the problem's ``transition``).
+- ``"oracle"``: the exact flow map used as a one-step model
+  (:func:`psijax.flows.ode.distilled_velocity`, an ODE solve per evaluation counted as one),
+  with the re-noising kernel: the ideal distilled model, for any preset.
 
 A *method* is a name of :data:`psijax.align.SAMPLERS`, optionally suffixed ``"[flow_map]"``
 for an initial stage that uses the flow-map predictor :data:`FLOW_MAP` (the SMC keeps Tweedie);
@@ -54,9 +63,10 @@ from psijax.experiments.methods import (
     parse_method,
     sampler_options,
 )
-from psijax.flows import sde
+from psijax.flows import ode, sde
+from psijax.flows.distilled import Renoising
 from psijax.flows.sde import denoising_grid
-from psijax.models import presets, reflow
+from psijax.models import distilled, presets, reflow
 
 __all__ = [
     "MODELS",
@@ -82,13 +92,16 @@ __all__ = [
     "run_study",
 ]
 
-MODELS = ("exact", "reflow")
+MODELS = ("exact", "reflow", "distilled", "oracle")
 REFLOW_DATA = {
     "six_modes_quadratic": "six_modes",
     "six_modes_mixture": "six_modes",
     "unequal_rare_modes": "unequal_six_modes",
 }
-"""Preset → shipped reflow model of its data (:data:`psijax.models.reflow.SHIPPED`)."""
+"""Preset → data of its shipped reflow and distilled models (:data:`psijax.models.reflow.SHIPPED`,
+:data:`psijax.models.distilled.SHIPPED`)."""
+ORACLE_OPTIONS = {"rtol": 1e-5, "atol": 1e-5}
+"""ODE tolerances of the ``"oracle"`` model's flow map (Tsit5)."""
 METRICS = ("nfe", "num_particles", "ess", "reward", "mmd_fixed", "mmd_median", "energy", "mode_tv")
 FIXED_BANDWIDTH = 1.0
 """RBF bandwidth of the fixed-bandwidth MMD: twice the modes' std (0.5), a quarter of their
@@ -109,7 +122,8 @@ class ToySetting(NamedTuple):
 
     ``modes``: the data means (nearest-mode rule); ``mode_weights``: the exact target's
     occupancy under that rule; ``reference``: exact target samples for MMD and energy
-    distance; ``reference_reward``: ``E_{p*}[r]`` from ``occupancy_size`` exact draws.
+    distance; ``reference_reward``: ``E_{p*}[r]`` from ``occupancy_size`` exact draws;
+    ``transition``: the model's kernel between steps (``None``: the samplers' stochastic one).
     """
 
     preset: str
@@ -120,6 +134,7 @@ class ToySetting(NamedTuple):
     mode_weights: np.ndarray
     reference: jax.Array
     reference_reward: float
+    transition: Renoising | None = None
 
 
 def exact_mode_occupancy(target, modes, rng_key, num_samples: int = 200_000) -> np.ndarray:
@@ -142,29 +157,39 @@ def build_setting(
     reference_size: int = 2000,
     occupancy_size: int = 200_000,
 ) -> ToySetting:
-    """Load the preset, its model (``"exact"`` or ``"reflow"``) and the exact references."""
+    """Load the preset, its model (one of :data:`MODELS`) and the exact references."""
     if model not in MODELS:
         raise ValueError(f"`model` must be one of {MODELS}, got {model!r}.")
     toy = presets.toy_problem(preset)
+    transition = Renoising() if model in ("distilled", "oracle") else None
     if model == "exact":
         velocity = toy.data.velocity
+    elif model == "oracle":
+        velocity = ode.distilled_velocity(toy.data.velocity, **ORACLE_OPTIONS)
     elif preset in REFLOW_DATA:
-        velocity = reflow.load_reflow(REFLOW_DATA[preset])[0]
+        load = reflow.load_reflow if model == "reflow" else distilled.load_distilled
+        velocity = load(REFLOW_DATA[preset])[0]
     else:
-        raise ValueError(f"no shipped reflow model for {preset!r}; presets: {tuple(REFLOW_DATA)}")
+        raise ValueError(f"no shipped {model} model for {preset!r}; presets: {tuple(REFLOW_DATA)}")
     key_occ, key_reward, key_ref = jax.random.split(rng_key, 3)
     modes = np.asarray(toy.data.means)
     occupancy = exact_mode_occupancy(toy.exact_target, modes, key_occ, occupancy_size)
     draws = toy.exact_target.sample(key_reward, occupancy_size)
     reward = float(jnp.mean(jax.jit(jax.vmap(toy.reward_fn))(draws)))
     reference = toy.exact_target.sample(key_ref, reference_size)
-    return ToySetting(preset, model, toy, velocity, modes, occupancy, reference, reward)
+    return ToySetting(preset, model, toy, velocity, modes, occupancy, reference, reward, transition)
 
 
 def make_problem(setting: ToySetting) -> RewardProblem:
-    """The (Tweedie) :class:`RewardProblem` of a setting."""
+    """The (Tweedie) :class:`RewardProblem` of a setting, with the model's kernel."""
     toy = setting.toy
-    return RewardProblem(setting.velocity_fn, toy.reward_fn, (toy.data.dim,), toy.alpha)
+    return RewardProblem(
+        setting.velocity_fn,
+        toy.reward_fn,
+        (toy.data.dim,),
+        toy.alpha,
+        transition=setting.transition,
+    )
 
 
 def exact_problem(preset: str) -> RewardProblem:
@@ -273,16 +298,18 @@ def sampler_target_row(
     setting: ToySetting, *, budget: int, num_steps: int = 25, num_samples: int = 10_000
 ) -> dict:
     """The limit of every SMC method as ``N → ∞``: the tilted law of the discretized sampler,
-    ``p_sde·e^{r/α}``, by self-normalized importance sampling of ``num_samples`` draws of the
-    ``T``-step stochastic sampler (reference diffusion, the SMC's grid) with weights
+    ``p_T·e^{r/α}``, by self-normalized importance sampling of ``num_samples`` draws of the
+    ``T``-step sampler of the model (its kernel on the SMC's grid: the stochastic sampler with the
+    reference diffusion, or the re-noising kernel of a distilled model) with weights
     ``∝ e^{r/α}``; scored like a method (method ``"SMC limit (IS)"``, NFE NaN, one seed).
 
     Its distance to the exact target is the share of every SMC method's error that more
-    particles cannot remove: discretization (small for the exact model) and, for the reflow
-    model, that the stochastic sampler of docs/algorithms.md §2 reads a score off the velocity as
-    if the model were trained on independent (noise, data) pairs, which a reflowed model is not.
+    particles cannot remove: discretization (small for the exact model, none for the oracle),
+    the model's own error, and, for the reflow model, that the stochastic sampler of
+    docs/algorithms.md §2 reads a score off the velocity as if the model were trained on
+    independent (noise, data) pairs, which a reflowed model is not.
     """
-    x = _sde_samples(setting, jax.random.key(11), num_samples, num_steps)
+    x = _model_samples(setting, jax.random.key(11), num_samples, num_steps)
     rewards = jax.jit(jax.vmap(setting.toy.reward_fn))(x)
     log_w = rewards / setting.toy.alpha
     row = {"preset": setting.preset, "model": setting.model, "budget": budget}
@@ -291,14 +318,15 @@ def sampler_target_row(
     return row | evaluate(setting, x, log_w - jax.scipy.special.logsumexp(log_w), rewards)
 
 
-def _sde_samples(setting: ToySetting, rng_key, n: int, num_steps: int) -> jax.Array:
-    """``n`` draws of the ``num_steps``-step stochastic sampler of the setting's model."""
+def _model_samples(setting: ToySetting, rng_key, n: int, num_steps: int) -> jax.Array:
+    """``n`` draws of the ``num_steps``-step sampler of the setting's model and kernel."""
     grid = denoising_grid(num_steps, None)
     key_x, key_path = jax.random.split(rng_key)
     x1 = jax.random.normal(key_x, (n, setting.toy.data.dim))
+    kernel = sde.reference_diffusion() if setting.transition is None else setting.transition
 
     def one(key, x):
-        return sde.sample(key, setting.velocity_fn, x, grid, sde.reference_diffusion())
+        return sde.sample(key, setting.velocity_fn, x, grid, kernel)
 
     return jax.jit(jax.vmap(one))(jax.random.split(key_path, n), x1)
 

@@ -109,8 +109,8 @@ def format_notes(summary: list) -> str:
         "prior-start methods have particles, uniformly weighted (NFE 0): the best any method "
         "can score at that particle count (the metrics' noise floor).",
         "- `SMC limit (IS)`: what every SMC method tends to as N → ∞, importance-weighted draws "
-        "of the model's own T-step stochastic sampler (NFE n/a: not a sampler run); its distance "
-        "to the exact target is what more particles cannot remove.",
+        "of the model's own T-step sampler with its kernel (NFE n/a: not a sampler run); its "
+        "distance to the exact target is what more particles cannot remove.",
         "- `a ± b`: mean ± standard error over the seeds (no ± with one seed).",
         "- Lower is better for MMD², energy dist. and mode TV (distances to the exact target; "
         "0 is a perfect match); E_w[r] is best close to the exact target's E[r] above each "

@@ -4,8 +4,10 @@
   time grids (uniform, FLUX shift), the forward re-noising kernel.
 - :mod:`~psijax.flows.sde`: the stochastic step with the flow's marginals, its Gaussian
   transition and log-density, diffusion coefficients, the stochastic sampler.
+- :mod:`~psijax.flows.distilled`: the re-noising kernel of a distilled (few-step) model,
+  ``N((1 − t')·x̂0(x, t), t'² I)``, exact for an exact flow map.
 - :mod:`~psijax.flows.ode`: Euler sampling, adaptive ODE solves and the flow map (diffrax),
-  with exact NFE counts.
+  with exact NFE counts; the oracle distilled model of a velocity field.
 
 Every function acts on a single sample and a user ``velocity_fn(x, t)``; vectorize with
 ``jax.vmap``. :mod:`~psijax.flows.ode` (and diffrax) is imported on first use of one of its
@@ -14,7 +16,8 @@ names.
 
 import importlib
 
-from psijax.flows import interpolant, sde
+from psijax.flows import distilled, interpolant, sde
+from psijax.flows.distilled import Renoising
 from psijax.flows.interpolant import (
     flux_grid,
     flux_mu,
@@ -46,6 +49,7 @@ __all__ = [
     "interpolant",
     "ode",
     "sde",
+    "distilled",
     "interpolate",
     "tweedie_from_velocity",
     "noise_from_velocity",
@@ -68,13 +72,15 @@ __all__ = [
     "step",
     "transition_logpdf",
     "sample",
+    "Renoising",
     "euler_sample",
     "solve",
     "flow_map",
     "flow_map_predictor",
+    "distilled_velocity",
 ]
 
-_ODE_NAMES = ("euler_sample", "solve", "flow_map", "flow_map_predictor")
+_ODE_NAMES = ("euler_sample", "solve", "flow_map", "flow_map_predictor", "distilled_velocity")
 
 
 def __getattr__(name: str):

@@ -27,7 +27,7 @@ from psijax._checks import check_int, check_real
 from psijax._tree import accumulation_dtype
 from psijax.flows.sde import check_grid
 
-__all__ = ["euler_sample", "solve", "flow_map", "flow_map_predictor"]
+__all__ = ["euler_sample", "solve", "flow_map", "flow_map_predictor", "distilled_velocity"]
 
 _DEFAULT_DT0 = 0.01  # magnitude of the first attempted step; the PID controller adapts it
 
@@ -238,3 +238,40 @@ def flow_map_predictor(velocity_fn: Callable, **solver_kwargs) -> Callable:
         return flow_map(velocity_fn, x, t, **solver_kwargs)[0]
 
     return predictor
+
+
+def distilled_velocity(velocity_fn: Callable, **solver_kwargs) -> Callable:
+    """The ideal distilled model of ``velocity_fn``: a velocity field whose one-step
+    prediction is the flow map, ``x − t·u(x, t) = Φ_t(x)``.
+
+    .. math::
+
+        u(x, t) = \\frac{x − Φ_t(x)}{t} \\quad (t > 0), \\qquad u(x, 0) = v(x, 0)
+
+    (the limit). Each call is one adaptive ODE solve (:func:`flow_map`), differentiable in
+    ``x``; an **oracle** for tests and studies of the kernel of a distilled model
+    (:class:`psijax.flows.distilled.Renoising`), not a cheap model: a sampler counts each call
+    as one model evaluation. ``solver_kwargs`` are those of :func:`solve` (tighten ``rtol``
+    and ``atol`` for an accurate oracle).
+    """
+    solver = solver_kwargs.get("solver")
+    if solver is not None:
+        _check_solver(solver)
+
+    def velocity(x: ArrayLikeTree, t: ArrayLike) -> ArrayTree:
+        t = jnp.asarray(t)
+        # a safe time for the branch not taken (both run under vmap): no 0/0, no NaN gradient
+        positive = jnp.where(t > 0, t, jnp.ones_like(t))
+
+        def from_flow_map(x):
+            x0, _ = flow_map(velocity_fn, x, positive, **solver_kwargs)
+            dtype = accumulation_dtype(t, *jax.tree.leaves(x))
+            return jax.tree.map(
+                lambda a, b: ((a.astype(dtype) - b.astype(dtype)) / positive).astype(a.dtype),
+                x,
+                x0,
+            )
+
+        return jax.lax.cond(t > 0, from_flow_map, lambda x: velocity_fn(x, t), x)
+
+    return velocity

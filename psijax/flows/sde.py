@@ -67,6 +67,12 @@ class Diffusion(NamedTuple):
     squared_over_time: Callable[[Array], Array]
     deterministic: bool = False
 
+    def transition(
+        self, x: ArrayLikeTree, v: ArrayLikeTree, t: ArrayLike, t_next: ArrayLike
+    ) -> "Transition":
+        """The step's transition given ``v = v(x, t)`` (:func:`transition_from_velocity`)."""
+        return _sde_transition(x, v, t, t_next, self)
+
 
 class Transition(NamedTuple):
     """The Gaussian transition ``N(mean, std² I)`` of one step.
@@ -153,7 +159,7 @@ def custom_diffusion(
 # ----------------------------------------------------------------------------------------------
 # One step
 # ----------------------------------------------------------------------------------------------
-def _check_step_times(t, t_next) -> None:
+def check_step_times(t, t_next) -> None:
     a, b = concrete_value(t, np.float64), concrete_value(t_next, np.float64)
     if a is None or b is None:
         return
@@ -163,10 +169,21 @@ def _check_step_times(t, t_next) -> None:
         raise ValueError(f"`t_next` must lie in [0, t), got t_next={t_next!r}, t={t!r}.")
 
 
-def check_diffusion(diffusion) -> Diffusion:
-    """``diffusion`` when it is a :class:`Diffusion`, else a ``TypeError`` saying so."""
-    if not isinstance(diffusion, Diffusion):
-        raise TypeError(f"`diffusion` must be a Diffusion, got {type(diffusion).__name__}.")
+def check_diffusion(diffusion, name: str = "diffusion"):
+    """``diffusion`` when it is a kernel of the denoising steps, else a ``TypeError`` naming
+    the argument ``name``.
+
+    A kernel is a :class:`Diffusion` or any object with a method
+    ``transition(x, v, t, t_next) -> Transition`` (:class:`psijax.flows.distilled.Renoising`,
+    or a user's).
+    """
+    if not callable(getattr(diffusion, "transition", None)):
+        raise TypeError(
+            f"`{name}` must be a Diffusion (reference_diffusion(), linear_diffusion(eta), "
+            "ode_diffusion(), custom_diffusion(...)) or a kernel with a method "
+            "transition(x, v, t, t_next) -> Transition such as flows.distilled.Renoising(), "
+            f"got {type(diffusion).__name__}."
+        )
     return diffusion
 
 
@@ -215,9 +232,11 @@ def denoising_grid(num_steps: int | None, grid: ArrayLike | None = None) -> np.n
 
 
 def transition_from_velocity(
-    x: ArrayLikeTree, v: ArrayLikeTree, t: ArrayLike, t_next: ArrayLike, diffusion: Diffusion
+    x: ArrayLikeTree, v: ArrayLikeTree, t: ArrayLike, t_next: ArrayLike, diffusion
 ) -> Transition:
     """The transition ``N(μ, σ² I)`` of one step, given the velocity ``v = v(x, t)``.
+
+    For a :class:`Diffusion` (the stochastic sampler of this module):
 
     .. math::
 
@@ -226,9 +245,18 @@ def transition_from_velocity(
 
     which is ``x + Δ[−v + ½ g² s]`` with ``s = −(x + (1 − t)v)/t``, written with ``g²/t`` so
     that it is finite for every ``t > 0`` and bounded as ``t → 0`` for the diffusions here.
+    Any other kernel accepted by :func:`check_diffusion` (such as
+    :class:`psijax.flows.distilled.Renoising`) gives its own ``transition(x, v, t, t_next)``.
     Requires ``0 ≤ t' < t ≤ 1`` (checked when concrete).
     """
-    _check_step_times(t, t_next)
+    return check_diffusion(diffusion).transition(x, v, t, t_next)
+
+
+def _sde_transition(
+    x: ArrayLikeTree, v: ArrayLikeTree, t: ArrayLike, t_next: ArrayLike, diffusion: Diffusion
+) -> Transition:
+    """:func:`transition_from_velocity` for a :class:`Diffusion`."""
+    check_step_times(t, t_next)
     dtype = accumulation_dtype(t, t_next, *jax.tree.leaves(x), *jax.tree.leaves(v))
     t, t_next = jnp.asarray(t, dtype), jnp.asarray(t_next, dtype)
     delta = t - t_next

@@ -50,6 +50,22 @@ tempering schedule, so the final target is the same for all of them); with ``(m,
 it is the continuous-time ``Z`` (:meth:`psijax.models.gmm.GaussianMixture.tilt_quadratic` of a
 one-component mixture).
 
+**The distilled model and the re-noising kernel.** With ``distilled=True`` the velocity is the
+one of the ideal distilled model, whose one-step prediction is the exact flow map
+``x − t·u(x, t) = Φ_t(x)``. For Gaussian data the flow map is affine,
+``Φ_t(x) = μ + M_t (x − (1 − t)μ)`` with ``M_t = Σ^{1/2} S_t^{-1/2}``, so
+
+.. math::
+
+    u(x, t) = C_t\\,(x − (1 − t)μ) − μ, \\qquad C_t = (I − M_t)/t,
+
+written per eigenvalue ``s`` of ``Σ`` as ``(t(1 + s) − 2s) / (√D(√D + √s))`` with
+``D = (1 − t)²s + t²`` (finite at ``t = 0``, where it is ``−1``). Both velocities have the form
+``v = K_t(x − (1 − t)μ) − μ``. The re-noising kernel of
+:class:`psijax.flows.distilled.Renoising` is linear-Gaussian for either:
+``x' = (1 − t')[(I − tK_t)x − t k_t] + t'z``; on the distilled model it keeps every marginal
+``N((1 − t)μ, S_t)`` exactly, on any grid (the tests check it against these recursions).
+
 Exact answers are float64 NumPy. The diffusion's ``g(t)`` and ``g(t)²/t`` are evaluated on
 float64 times (a diffusion written with ``jax.numpy`` then computes in float32 unless x64 is
 on). :meth:`LinearGaussianFlow.velocity` is the JAX model (float32, or float64 under x64).
@@ -57,9 +73,11 @@ on). :meth:`LinearGaussianFlow.velocity` is the JAX model (float32, or float64 u
 
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
 from blackjax.types import Array, ArrayLike
 
+from psijax.flows.distilled import Renoising
 from psijax.flows.sde import Diffusion, check_diffusion, check_grid
 from psijax.models.gmm import GaussianMixture
 
@@ -76,12 +94,18 @@ class LinearGaussianFlow:
         ``μ``, shape ``(d,)``.
     cov
         ``Σ``, shape ``(d, d)``, symmetric positive definite.
+    distilled
+        ``False`` (default): the exact velocity of a model trained on independent (noise, data)
+        pairs, ``v = E[x1 − x0 | x_t]``. ``True``: the ideal distilled model, whose one-step
+        prediction ``x − t·u`` is the flow map ``Φ_t`` (module docstring); the kernel that keeps
+        its marginals is :class:`psijax.flows.distilled.Renoising`.
 
     Stored as float64 NumPy; a ``ValueError`` names an invalid argument.
     """
 
     mean: np.ndarray
     cov: np.ndarray
+    distilled: bool = False
 
     def __post_init__(self):
         mean = np.asarray(self.mean, np.float64)
@@ -92,8 +116,11 @@ class LinearGaussianFlow:
             np.linalg.cholesky(cov)
         except np.linalg.LinAlgError:
             raise ValueError("`cov` must be positive definite.") from None
+        if not isinstance(self.distilled, (bool, np.bool_)):
+            raise TypeError(f"`distilled` must be a bool, got {self.distilled!r}.")
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "cov", cov)
+        object.__setattr__(self, "_eigh", np.linalg.eigh(cov))
 
     @property
     def dim(self) -> int:
@@ -107,8 +134,27 @@ class LinearGaussianFlow:
         return GaussianMixture(np.ones(1), self.mean[None], self.cov[None])
 
     def velocity(self, x: ArrayLike, t: ArrayLike) -> Array:
-        """The exact JAX velocity ``v(x, t) = K_t x + k_t`` on a single ``x`` of shape ``(d,)``."""
-        return self.mixture.velocity(x, t)
+        """The JAX velocity ``v(x, t) = K_t x + k_t`` on a single ``x`` of shape ``(d,)``: the
+        exact one, or the distilled model's ``u = C_t(x − (1 − t)μ) − μ`` (float32, or float64
+        under x64)."""
+        if not self.distilled:
+            return self.mixture.velocity(x, t)
+        x = jnp.asarray(x)
+        dtype = jnp.result_type(jnp.float32, x.dtype)
+        values, vectors = (jnp.asarray(a, dtype) for a in self._eigh)
+        mean, t = jnp.asarray(self.mean, dtype), jnp.asarray(t, dtype)
+        coef = _distilled_coefficient(values, t, jnp)
+        return vectors @ (coef * (vectors.T @ (x.astype(dtype) - (1.0 - t) * mean))) - mean
+
+    def flow_map(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(M_t, c_t)`` with ``Φ_t(x) = M_t x + c_t``: the exact flow map from ``t`` to 0 of
+        either model (the ODE of the exact velocity), ``M_t = Σ^{1/2} S_t^{-1/2}``,
+        ``c_t = μ − (1 − t)M_tμ``. Float64."""
+        t = float(t)
+        values, vectors = self._eigh
+        ratio = np.sqrt(values / ((1.0 - t) ** 2 * values + t**2))
+        m_mat = (vectors * ratio) @ vectors.T
+        return m_mat, self.mean - (1.0 - t) * m_mat @ self.mean
 
     def marginal(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         """Mean ``(1 − t)μ`` and covariance ``S_t = (1 − t)²Σ + t²I`` of ``x_t``."""
@@ -116,16 +162,23 @@ class LinearGaussianFlow:
         return (1.0 - t) * self.mean, (1.0 - t) ** 2 * self.cov + t**2 * np.eye(self.dim)
 
     def velocity_coefficients(self, t: float) -> tuple[np.ndarray, np.ndarray]:
-        """``(K_t, k_t)`` with ``v(x, t) = K_t x + k_t``, float64."""
+        """``(K_t, k_t)`` with ``v(x, t) = K_t x + k_t`` (the distilled model's when
+        ``distilled``), float64."""
         t = float(t)
-        _, s = self.marginal(t)
-        k_mat = np.linalg.solve(s, t * np.eye(self.dim) - (1.0 - t) * self.cov).T
+        if self.distilled:
+            values, vectors = self._eigh
+            k_mat = (vectors * _distilled_coefficient(values, t, np)) @ vectors.T
+        else:
+            _, s = self.marginal(t)
+            k_mat = np.linalg.solve(s, t * np.eye(self.dim) - (1.0 - t) * self.cov).T
         return k_mat, -self.mean - (1.0 - t) * k_mat @ self.mean
 
     def step_coefficients(
-        self, t: float, t_next: float, diffusion: Diffusion
+        self, t: float, t_next: float, diffusion: Diffusion | Renoising
     ) -> tuple[np.ndarray, np.ndarray, float]:
         """``(A, b, σ)`` of the untwisted step ``x' = A x + b + σ z`` from ``t`` to ``t_next``.
+
+        For a :class:`~psijax.flows.sde.Diffusion`:
 
         .. math::
 
@@ -133,17 +186,21 @@ class LinearGaussianFlow:
             σ = g(t)\\sqrt{Δ}
 
         with ``Δ = t − t'`` and ``h = ½ g(t)²/t`` (the diffusion's ``squared_over_time``):
-        :func:`psijax.flows.sde.transition_from_velocity` applied to the affine velocity.
-        Requires ``0 ≤ t_next < t ≤ 1``.
+        :func:`psijax.flows.sde.transition_from_velocity` applied to the affine velocity. For
+        :class:`~psijax.flows.distilled.Renoising`: ``A = (1 − t')(I − tK_t)``,
+        ``b = −(1 − t')t k_t``, ``σ = t'``. Requires ``0 ≤ t_next < t ≤ 1``.
         """
         t, t_next = float(t), float(t_next)
         if not 0.0 < t <= 1.0:
             raise ValueError(f"`t` must lie in (0, 1], got {t!r}.")
         if not 0.0 <= t_next < t:
             raise ValueError(f"`t_next` must lie in [0, t), got t_next={t_next!r}, t={t!r}.")
+        k_mat, k_vec = self.velocity_coefficients(t)
+        if isinstance(diffusion, Renoising):
+            keep = 1.0 - t_next
+            return keep * (np.eye(self.dim) - t * k_mat), -keep * t * k_vec, t_next
         g, g2_over_t = _diffusion_at(diffusion, t)
         delta, h = t - t_next, 0.5 * g2_over_t
-        k_mat, k_vec = self.velocity_coefficients(t)
         scale = delta * (1.0 + (1.0 - t) * h)
         a = (1.0 - delta * h) * np.eye(self.dim) - scale * k_mat
         return a, -scale * k_vec, g * np.sqrt(delta)
@@ -294,8 +351,19 @@ def _checked_grid(grid) -> np.ndarray:
     return times
 
 
+def _distilled_coefficient(values, t, xp):
+    """``(1 − √(s/D))/t`` per eigenvalue ``s`` of ``Σ``, ``D = (1 − t)²s + t²``, written so that
+    it is finite at ``t = 0`` (where it is ``−1``); ``xp`` is ``numpy`` or ``jax.numpy``."""
+    root = xp.sqrt((1.0 - t) ** 2 * values + t**2)
+    return (t * (1.0 + values) - 2.0 * values) / (root * (root + xp.sqrt(values)))
+
+
 def _diffusion_at(diffusion, t) -> tuple[float, float]:
-    check_diffusion(diffusion)
+    if not isinstance(check_diffusion(diffusion), Diffusion):
+        raise TypeError(
+            "`diffusion` must be a Diffusion or Renoising here (the kernels with closed forms), "
+            f"got {type(diffusion).__name__}."
+        )
     g = float(np.asarray(diffusion.coefficient(np.float64(t)), np.float64))
     g2_over_t = float(np.asarray(diffusion.squared_over_time(np.float64(t)), np.float64))
     if not (np.isfinite(g) and g >= 0 and np.isfinite(g2_over_t) and g2_over_t >= 0):

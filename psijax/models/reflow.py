@@ -34,6 +34,7 @@ __all__ = [
     "velocity_fn",
     "make_pairs",
     "train_reflow",
+    "fit_mlp",
     "straightness",
     "save_params",
     "load_params",
@@ -127,9 +128,6 @@ def train_reflow(
     config = ReflowConfig() if config is None else config
     key_pairs, key_init, key_train = jax.random.split(rng_key, 3)
     x1, x0 = make_pairs(key_pairs, flow_map, config.num_pairs, config.dim)
-    params = init_mlp(key_init, config)
-    schedule = optax.cosine_decay_schedule(config.learning_rate, config.num_train_steps)
-    optimizer = optax.adam(schedule)
 
     def loss_fn(params, key):
         key_idx, key_t = jax.random.split(key)
@@ -141,6 +139,20 @@ def train_reflow(
             params, xt, t, config.num_frequencies
         )
         return jnp.mean(jnp.sum((v - (b - a)) ** 2, axis=-1))
+
+    return fit_mlp(key_init, key_train, loss_fn, config)
+
+
+def fit_mlp(
+    key_init: PRNGKey, key_train: PRNGKey, loss_fn: Callable, config: ReflowConfig
+) -> tuple[dict, Array]:
+    """Minimise ``loss_fn(params, key)`` over the MLP of ``config`` from :func:`init_mlp`:
+    ``config.num_train_steps`` optax Adam steps with a cosine learning-rate decay, one
+    ``jit``-compiled ``lax.scan`` (a fresh key per step). Returns the parameters and the loss
+    trace."""
+    optimizer = optax.adam(
+        optax.cosine_decay_schedule(config.learning_rate, config.num_train_steps)
+    )
 
     @jax.jit
     def train(params, key):
@@ -154,7 +166,7 @@ def train_reflow(
         (params, _), losses = jax.lax.scan(body, (params, optimizer.init(params)), keys)
         return params, losses
 
-    return train(params, key_train)
+    return train(init_mlp(key_init, config), key_train)
 
 
 class Straightness(NamedTuple):

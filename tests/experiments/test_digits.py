@@ -15,6 +15,7 @@ from psijax import align, cli
 from psijax.experiments import digits as dx
 from psijax.experiments import digits_report
 from psijax.experiments.methods import parse_method
+from psijax.flows.distilled import Renoising
 from psijax.models import digits
 
 
@@ -111,6 +112,21 @@ def test_flow_map_initial_stage_spends_the_budget(models):
         dx.method_options(method, 100, 4, 0.1, 4)
     with pytest.raises(ValueError, match=r"num_particles=25 > num_chains\*num_kept=10"):
         dx.method_options(method, 200, 4, 0.1, 4)
+
+
+def test_runs_take_the_kernel_of_the_model(models):
+    """``transition=Renoising()`` reaches the problem every sampler runs: the run completes
+    with finite numbers and differs from the stochastic sampler's at the same seed."""
+    task = dx.make_task("class", 4)
+    assert isinstance(dx.make_problem(models, "class", 4, 0.1, Renoising()).transition, Renoising)
+    rows = {
+        kernel: dx.run_method(
+            models, [task], "tds", budget=40, num_steps=4, seeds=1, transition=kernel
+        ).rows[0]
+        for kernel in (None, Renoising())
+    }
+    assert all(np.isfinite(r["reward"]) and r["nfe"] == 40 for r in rows.values())
+    assert rows[None]["nn_dist"] != rows[Renoising()]["nn_dist"]
 
 
 def test_evaluate_weights_and_ignores_zero_weight_particles(models):

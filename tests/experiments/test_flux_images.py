@@ -83,6 +83,7 @@ def test_flux_command_writes_images_and_numbers_and_is_deterministic(files, tmp_
     for name in ("flux_0.png", "flux.json", "flux.csv"):
         assert os.path.getsize(tmp_path / "a" / name) > 0
     (run,) = first["runs"]
+    assert first["transition"] == "renoising"  # tiny64 embeds no guidance: schnell-like
     assert run["prompt"] == "a dog" and len(run["rewards"]) == 4
     assert np.all(np.isfinite(run["rewards"])) and run["nfe"] > 0
     assert sorted(run["best_first"]) == [0, 1, 2, 3]
@@ -113,3 +114,29 @@ def test_flux_command_refuses_bad_options_before_loading(files, tmp_path, capsys
     ):
         with pytest.raises(SystemExit, match=message):
             main(base + extra)
+
+
+def test_the_kernel_follows_the_model_kind(files):
+    """Schnell-like models (no guidance embedding) re-noise, dev-like ones take the SDE, unless
+    the options say otherwise; the problem carries the kernel, so every sampler uses it."""
+    from psijax.experiments import flux_images as fi
+    from psijax.flows.distilled import Renoising
+
+    embeddings = fi.load_prompt_embeddings(str(files[0] / "prompts.safetensors"))
+    for guidance_embed, auto in ((False, "renoising"), (True, "sde")):
+        config = flux.preset("tiny64", guidance_embed=guidance_embed)
+        model = flux.Flux(config, rngs=nnx.Rngs(0))
+        ae = flux.AutoencoderKL(flux.autoencoder_preset("tiny"), rngs=nnx.Rngs(1))
+        tower = clip.CLIPVision(clip.CLIP_PRESETS["tiny"], rngs=nnx.Rngs(2))
+        setup = fi.FluxSetup(
+            model, ae, embeddings, "aesthetic", tower, AestheticHead(16, rngs=nnx.Rngs(3))
+        )
+        for name, expected in (("auto", auto), ("renoising", "renoising"), ("sde", "sde")):
+            options = fi.ImageOptions(
+                16, 32, transition=name, guidance=3.5 if guidance_embed else None
+            )
+            assert fi.transition(setup, options) == expected
+            kernel = fi.problem(setup, 0, 0.1, options).transition
+            assert isinstance(kernel, Renoising) if expected == "renoising" else kernel is None
+    with pytest.raises(ValueError, match="transition"):
+        fi.ImageOptions(transition="ode")
