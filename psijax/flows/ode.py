@@ -21,6 +21,7 @@ from typing import Callable
 import diffrax
 import jax
 import jax.numpy as jnp
+import numpy as np
 from blackjax.types import Array, ArrayLike, ArrayLikeTree, ArrayTree
 
 from psijax._checks import check_int, check_real
@@ -84,6 +85,7 @@ def _diffeqsolve(
     dt0: float | None = None,
     max_steps: int = 4096,
     adjoint=None,
+    throw: bool = True,
 ) -> tuple[diffrax.Solution, Array]:
     """:func:`solve`, returning the diffrax ``Solution`` itself next to the NFE."""
     solver = diffrax.Tsit5() if solver is None else solver
@@ -94,6 +96,8 @@ def _diffeqsolve(
         if check_real(value, name, gt=0.0) is None:
             raise ValueError(f"`{name}` must be concrete (not traced).")
     check_int(max_steps, "max_steps")
+    if not isinstance(throw, (bool, np.bool_)):
+        raise TypeError(f"`throw` must be a bool, got {throw!r}.")
     _check_time(t_start, "t_start")
     _check_time(t_end, "t_end")
 
@@ -131,6 +135,7 @@ def _diffeqsolve(
         adjoint=adjoint,
         max_steps=max_steps,
         solver_state=solver_state,
+        throw=bool(throw),
     )
     attempted = jnp.asarray(sol.stats["num_steps"], jnp.int32)
     nfe = 1 + attempted * (stages - 1) if fsal else attempted * stages
@@ -149,6 +154,7 @@ def solve(
     dt0: float | None = None,
     max_steps: int = 4096,
     adjoint=None,
+    throw: bool = True,
 ) -> tuple[ArrayTree, Array]:
     """Integrate ``dx/dt = v(x, t)`` from ``t_start`` to ``t_end`` with adaptive steps.
 
@@ -180,6 +186,10 @@ def solve(
     adjoint
         How to differentiate; default ``diffrax.RecursiveCheckpointAdjoint()`` (reverse mode
         through the solver).
+    throw
+        ``True`` (default): a failed solve (``max_steps`` reached, a non-finite state) raises at
+        run time. ``False``: its state is NaN instead, so that a sampler gives the particle
+        weight zero rather than stopping the run.
 
     Returns
     -------
@@ -203,9 +213,14 @@ def solve(
         dt0=dt0,
         max_steps=max_steps,
         adjoint=adjoint,
+        throw=throw,
     )
-    x_end = jax.tree.map(lambda ys, leaf: ys[-1].astype(jnp.result_type(leaf)), sol.ys, x)
-    return x_end, nfe
+    ok = sol.result == diffrax.RESULTS.successful
+
+    def end(ys, leaf):
+        return jnp.where(ok, ys[-1], jnp.nan).astype(jnp.result_type(leaf))
+
+    return jax.tree.map(end, sol.ys, x), nfe
 
 
 def flow_map(
@@ -252,11 +267,14 @@ def distilled_velocity(velocity_fn: Callable, **solver_kwargs) -> Callable:
     ``x``; an **oracle** for tests and studies of the kernel of a distilled model
     (:class:`psijax.flows.distilled.Renoising`), not a cheap model: a sampler counts each call
     as one model evaluation. ``solver_kwargs`` are those of :func:`solve` (tighten ``rtol``
-    and ``atol`` for an accurate oracle).
+    and ``atol`` for an accurate oracle); ``throw`` defaults to ``False`` here, so that a
+    solve that fails (a particle thrown far off) gives a NaN velocity, which a sampler turns
+    into a zero-weight particle, instead of stopping the run.
     """
     solver = solver_kwargs.get("solver")
     if solver is not None:
         _check_solver(solver)
+    solver_kwargs = {"throw": False, **solver_kwargs}
 
     def velocity(x: ArrayLikeTree, t: ArrayLike) -> ArrayTree:
         t = jnp.asarray(t)

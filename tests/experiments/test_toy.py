@@ -158,7 +158,7 @@ def test_shipped_reflow_models_load_by_name():
 
 
 def test_smc_limit_of_the_distilled_models_is_at_the_iid_floor():
-    """The N → ∞ limit of every SMC (IS of 4,000 draws of the 4-step re-noising sampler) on the
+    """The N → ∞ limit of every SMC (IS of 2,000 draws of the 4-step re-noising sampler) on the
     rare-mode preset with the learned and the oracle distilled models scores like i.i.d. exact
     target draws of its ESS (a z-gate on the fixed-bandwidth MMD² over 12 such sets); the
     reflowed model with the stochastic sampler, the limit the paper's setting had, does not
@@ -167,9 +167,9 @@ def test_smc_limit_of_the_distilled_models_is_at_the_iid_floor():
     limits = {}
     for model in ("distilled", "oracle", "reflow"):
         setting = toy.build_setting("unequal_rare_modes", model, key, occupancy_size=20_000)
-        limits[model] = toy.sampler_target_row(setting, budget=0, num_steps=4, num_samples=4000)
+        limits[model] = toy.sampler_target_row(setting, budget=0, num_steps=4, num_samples=2000)
     ess = int(limits["distilled"]["ess"])
-    assert 200 < ess < 400
+    assert 100 < ess < 200
     floor = [r["mmd_fixed"] for r in toy.reference_rows(setting, ess, budget=0, seeds=12)]
     mean, sd = np.mean(floor), np.std(floor, ddof=1)
     for model in ("distilled", "oracle"):

@@ -164,6 +164,23 @@ def test_flow_map_predictor_and_pytrees():
     np.testing.assert_allclose(float(out["b"]), 2.0 * np.exp(0.7), rtol=1e-2)  # bf16 output
 
 
+def test_failed_solve_raises_or_gives_nan():
+    """``max_steps`` too small for a stiff solve: ``throw=True`` raises, ``throw=False`` gives a
+    NaN state (never the state where the solver stopped); the oracle distilled model defaults
+    to NaN, which a sampler turns into a zero-weight particle."""
+    x = jnp.array([0.3, -0.2])
+    with pytest.raises(Exception, match="max_steps|maximum number"):
+        jax.block_until_ready(flows.flow_map(STIFF.jax_velocity(), x, 1.0, max_steps=4))
+    state, _ = flows.flow_map(STIFF.jax_velocity(), x, 1.0, max_steps=4, throw=False)
+    assert np.all(np.isnan(state))
+    fine, _ = flows.flow_map(STIFF.jax_velocity(), x, 1.0, throw=False)
+    np.testing.assert_allclose(fine, STIFF.flow_map(np.asarray(x), 1.0), atol=1e-3)
+    oracle = flows.distilled_velocity(STIFF.jax_velocity(), max_steps=4)
+    assert np.all(np.isnan(oracle(x, 1.0)))
+    with pytest.raises(TypeError, match="throw"):
+        flows.flow_map(STIFF.jax_velocity(), x, 1.0, throw="no")
+
+
 def test_invalid_solver_arguments_raise():
     velocity_fn = MODEL.jax_velocity()
     x = jnp.zeros(3)

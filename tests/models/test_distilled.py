@@ -35,8 +35,8 @@ def test_prediction_is_the_flow_map_at_every_time(shipped):
     assert config == distilled.DISTILLED_CONFIG
     for i, t in enumerate((1.0, 0.6, 0.2)):
         k0, k1 = jax.random.split(jax.random.key(i))
-        xt = (1 - t) * data.sample(k0, 300) + t * jax.random.normal(k1, (300, 2))
-        exact = jax.vmap(lambda x, t=t: ode.flow_map(data.velocity, x, t, rtol=1e-6, atol=1e-6))
+        xt = (1 - t) * data.sample(k0, 100) + t * jax.random.normal(k1, (100, 2))
+        exact = jax.vmap(lambda x, t=t: ode.flow_map(data.velocity, x, t, rtol=1e-5, atol=1e-5))
         target, _ = exact(xt)
         pred = xt - t * jax.vmap(velocity, in_axes=(0, None))(xt, t)
         assert float(jnp.mean(jnp.linalg.norm(pred - target, axis=-1))) < 0.05, t
