@@ -80,7 +80,9 @@ def default_methods(flow_map: bool = True) -> tuple[str, ...]:
     return (*SAMPLERS, *(m for m in extra if m[: -len(FLOW_MAP)] in SAMPLERS))
 
 
-def sampler_options(method: Method, budget: int, num_steps: int, flow_map=None) -> dict:
+def sampler_options(
+    method: Method, budget: int, num_steps: int, flow_map=None, budget_split: float = 0.5
+) -> dict:
     """Keyword arguments that give ``method`` the NFE budget ``B`` over ``T`` steps.
 
     Every sampler takes ``nfe_budget=B`` itself (:func:`psijax.align.budget_layout`; guidance:
@@ -89,7 +91,8 @@ def sampler_options(method: Method, budget: int, num_steps: int, flow_map=None) 
     report their true NFE: a stage of adaptive cost (tempered SMC), and a flow-map variant
     whose predictor (``flow_map``, a :class:`~psijax.align.predictors.Predictor`) has no
     constant cost. A flow-map predictor of constant cost (``nfe_per_call``) is budgeted
-    exactly: its stage gets ``⌊B/2⌋ / nfe_per_call`` evaluations.
+    exactly: its stage gets ``⌊B/2⌋ / nfe_per_call`` evaluations. ``budget_split`` is the
+    initial stage's share of ``B`` (the paper's 0.5 by default; passed on when it differs).
     """
     stage = initial_stage(SAMPLERS[method.sampler])
     predictor = None
@@ -99,12 +102,13 @@ def sampler_options(method: Method, budget: int, num_steps: int, flow_map=None) 
         predictor = as_predictor(flow_map, "flow_map")
     exact = stage is None or not stage.adaptive_cost
     exact &= predictor is None or predictor.nfe_per_call is not None
+    split = {} if budget_split == 0.5 else {"budget_split": budget_split}
     if exact:
-        options = {"nfe_budget": budget}
+        options = {"nfe_budget": budget, **split}
         if stage is not None:  # fail early, with the sampler's own message, if B is too small
-            budget_layout(_with(stage, predictor), budget, num_steps)
+            budget_layout(_with(stage, predictor), budget, num_steps, **split)
     else:
-        num_particles, sized = budget_layout(stage, budget, num_steps)
+        num_particles, sized = budget_layout(stage, budget, num_steps, **split)
         changed = {
             f.name: getattr(sized, f.name)
             for f in dataclasses.fields(sized)

@@ -106,12 +106,16 @@ class GaussianMixture:
         return jax.nn.logsumexp(self.component_log_probs(x))
 
     def sample(self, rng_key: PRNGKey, n: int) -> Array:
-        """``n`` draws ``(n, d)``: ``k ~ Cat(w)``, ``x = μ_k + L_k z``, ``L_k L_kᵀ = Σ_k``."""
+        """``n`` draws ``(n, d)``: ``k ~ Cat(w)``, ``x = μ_k + L_k z``, ``L_k L_kᵀ = Σ_k``.
+
+        Every factor is applied to every draw and the draw's own column kept: memory
+        ``K·n·d``, never the ``n·d²`` of gathering a factor per draw."""
         key_k, key_z = jax.random.split(rng_key)
         k = jax.random.categorical(key_k, jnp.log(self.weights), shape=(n,))
         z = jax.random.normal(key_z, (n, self.dim), self.means.dtype)
         chol = jnp.linalg.cholesky(self.covs)
-        return self.means[k] + jnp.einsum("nij,nj->ni", chol[k], z)
+        scaled = jnp.einsum("kij,nj->kni", chol, z)
+        return self.means[k] + jnp.take_along_axis(scaled, k[None, :, None], axis=0)[0]
 
     def nearest_component(self, x: ArrayLike) -> Array:
         """Index of the component with the highest responsibility at ``t = 0``.
